@@ -1,0 +1,97 @@
+"""Parameters, multiply-adds and the Table-1 view of a network.
+
+Multiply-adds are measured with `torch.utils.flop_counter` (which counts 2 FLOPs per
+multiply-add) on a real forward pass, not from a hand formula. Like the paper, the count
+covers convolutions and the fc layer; BN, ReLU, additions and pooling are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Learnable parameters (BN's gamma/beta included, running statistics not)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def count_multiply_adds(model: nn.Module, input_size: int = 224, in_channels: int = 3) -> int:
+    """Multiply-adds of one forward pass on a single `input_size` square image."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, in_channels, input_size, input_size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+@dataclass
+class StageRow:
+    name: str
+    output_size: tuple[int, int]
+    channels: int
+    blocks: str
+    parameters: int
+
+
+@torch.no_grad()
+def stage_table(model: nn.Module, input_size: int = 224, in_channels: int = 3) -> list[StageRow]:
+    """Table 1 for one network: each stage's output size, blocks and parameters."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, in_channels, input_size, input_size)
+    stem = model.forward_stem(x)
+    stem_params = sum(
+        p.numel() for mod in (model.conv1, model.bn1) for p in mod.parameters()
+    )
+    stem_desc = "x".join(map(str, model.conv1.kernel_size)) + f", {model.conv1.out_channels}"
+    stem_desc += f", stride {model.conv1.stride[0]}"
+    if isinstance(model.maxpool, nn.MaxPool2d):
+        stem_desc += "; 3x3 max pool, stride 2"
+    rows = [StageRow("conv1", tuple(stem.shape[2:]), stem.shape[1], stem_desc, stem_params)]
+    feats = model.forward_features(x)
+    for name, f in feats.items():
+        stage = getattr(model, name)
+        first = stage[0]
+        convs = [m for m in first.modules() if isinstance(m, nn.Conv2d) and m not in
+                 (getattr(first, "downsample", None) or nn.Sequential()).modules()]
+        desc = "[" + "; ".join(
+            f"{m.kernel_size[0]}x{m.kernel_size[1]},{m.out_channels}" for m in convs
+        ) + f"] x{len(stage)}"
+        rows.append(StageRow(name, tuple(f.shape[2:]), f.shape[1], desc,
+                             sum(p.numel() for p in stage.parameters())))
+    head_params = sum(p.numel() for p in model.fc.parameters())
+    rows.append(StageRow("fc", (1, 1), model.fc.out_features,
+                         f"global average pool, {model.fc.out_features}-d fc", head_params))
+    model.train(was_training)
+    return rows
+
+
+def format_info(model: nn.Module, input_size: int = 224) -> str:
+    """The text `reslab info` prints."""
+    spec = getattr(model, "reslab_spec", None)
+    lines = []
+    if spec is not None:
+        short = f"shortcut {spec.shortcut}" if spec.residual else "plain (no shortcuts)"
+        extra = ""
+        if spec.family == "imagenet" and spec.depth >= 50:
+            extra = ", stride on " + ("1x1 (paper)" if spec.stride_in_1x1 else "3x3 (torchvision)")
+        lines.append(f"{spec.name}: {spec.family} net, {spec.depth} layers, {short}{extra}, "
+                     f"{spec.num_classes} classes")
+    lines.append(f"input {input_size}x{input_size}")
+    lines.append(f"{'stage':8s} {'output':>9s} {'channels':>8s} {'params':>12s}  blocks")
+    for r in stage_table(model, input_size):
+        size = f"{r.output_size[0]}x{r.output_size[1]}"
+        lines.append(f"{r.name:8s} {size:>9s} {r.channels:8d} {r.parameters:12,d}  {r.blocks}")
+    params = count_parameters(model)
+    macs = count_multiply_adds(model, input_size)
+    lines.append(f"parameters: {params:,}")
+    lines.append(f"multiply-adds: {macs:,} ({macs / 1e9:.2f} GFLOPs as in Table 1)")
+    return "\n".join(lines)

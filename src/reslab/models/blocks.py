@@ -1,0 +1,175 @@
+"""Residual and plain building blocks and the shortcut options A/B/C (paper Sec. 3.3, Fig. 2, 5).
+
+Parameter names follow torchvision (`conv1`, `bn1`, ..., `downsample.0/1`) so that
+ecosystem checkpoints load without conversion.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHORTCUT_OPTIONS = ("A", "B", "C")
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution, padding 1, no bias (BN follows every conv, Sec. 3.4)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution, no bias."""
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: identity with the extra channels zero-padded, spatial subsampling by stride.
+
+    Parameter-free (Sec. 3.3). Subsampling takes every `stride`-th pixel; the input
+    channels come first and the new channels are zeros appended after them, as in the
+    authors' lab's Torch code (fb.resnet.torch `shortcut`, type 'A').
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError("option A cannot reduce channels")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        extra = self.out_channels - self.in_channels
+        if extra:
+            x = F.pad(x, (0, 0, 0, 0, 0, extra))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """Options B/C: 1x1 projection conv followed by BN (Eqn. 2)."""
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+
+def make_shortcut(
+    option: str | None, in_channels: int, out_channels: int, stride: int
+) -> nn.Module | None:
+    """The shortcut of one block, as fb.resnet.torch's `shortcut(nIn, nOut, stride)`.
+
+    Returns None for a plain block (option None), nn.Identity where dimensions match
+    (A and B), a ZeroPadShortcut (A) or a projection (B where dimensions change; C always).
+    """
+    if option is None:
+        return None
+    if option not in SHORTCUT_OPTIONS:
+        raise ValueError(f"shortcut option must be one of {SHORTCUT_OPTIONS}, got {option!r}")
+    same = in_channels == out_channels and stride == 1
+    if option == "C" or (option == "B" and not same):
+        return projection_shortcut(in_channels, out_channels, stride)
+    if same:
+        return nn.Identity()
+    return ZeroPadShortcut(in_channels, out_channels, stride)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (Fig. 5 left): y = ReLU(F(x) + shortcut(x)); plain when shortcut is None.
+
+    Submodules: `conv1, bn1, conv2, bn2` and, for projections, `downsample` (torchvision's
+    name); a parameter-free shortcut is `shortcut`.
+    """
+
+    expansion = 1
+
+    def __init__(
+        self, in_channels: int, planes: int, stride: int = 1, shortcut: str | None = "A",
+        stride_in_1x1: bool = True,
+    ) -> None:
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = conv3x3(in_channels, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        _attach_shortcut(self, make_shortcut(shortcut, in_channels, out_channels, stride))
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """F(x): the block's output before the addition (after the last BN)."""
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _combine(self, x, self.residual(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 restore (x4) (Fig. 5 right), for ResNet-50/101/152.
+
+    `stride_in_1x1=True` puts the stride-2 on the first 1x1 conv as the paper and the
+    original Caffe models (3.8 GFLOPs for ResNet-50); False puts it on the 3x3 conv as
+    torchvision ("v1.5", 4.1 GFLOPs). Parameters are identical either way.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self, in_channels: int, planes: int, stride: int = 1, shortcut: str | None = "B",
+        stride_in_1x1: bool = True,
+    ) -> None:
+        super().__init__()
+        out_channels = planes * self.expansion
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv1x1(in_channels, planes, stride_1x1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride_3x3)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        _attach_shortcut(self, make_shortcut(shortcut, in_channels, out_channels, stride))
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """F(x): the block's output before the addition (after the last BN)."""
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _combine(self, x, self.residual(x))
+
+
+def _attach_shortcut(block: nn.Module, shortcut: nn.Module | None) -> None:
+    # Projections are called `downsample` (torchvision's key names); parameter-free
+    # shortcuts `shortcut`; a plain block has neither.
+    block.downsample = shortcut if isinstance(shortcut, nn.Sequential) else None
+    block.shortcut = None if isinstance(shortcut, nn.Sequential) else shortcut
+    block.plain = shortcut is None
+
+
+def _combine(block: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """y = ReLU(F(x) + shortcut(x)) (Eqn. 1), or ReLU(F(x)) for a plain block."""
+    if block.downsample is not None:
+        residual = residual + block.downsample(x)
+    elif block.shortcut is not None:
+        residual = residual + block.shortcut(x)
+    return block.relu(residual)
+
+
+def init_he(model: nn.Module) -> None:
+    """He (MSRA) normal initialisation of convs, BN weight 1 and bias 0 (Sec. 3.4).
+
+    fan_out as in fb.resnet.torch and torchvision (std = sqrt(2 / (k*k*out_channels))).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,96 @@
+"""The network skeleton shared by the ImageNet (Table 1) and CIFAR (Sec. 4.2) families.
+
+stem -> stages `layer1..layerK` of blocks -> global average pool -> `fc`. Fully
+convolutional up to the pool, so any input size the stem and strides can take works.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from reslab.errors import ReslabError
+from reslab.models.blocks import BasicBlock, Bottleneck, init_he
+
+
+class ResNet(nn.Module):
+    """A residual (or, with `shortcut=None`, plain) network.
+
+    Args:
+        block: BasicBlock or Bottleneck.
+        layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-34.
+        widths: `planes` of each stage, e.g. (64, 128, 256, 512).
+        stem: "imagenet" (7x7/2 conv, 3x3/2 max pool) or "cifar" (3x3 conv).
+        shortcut: "A", "B", "C", or None for the plain twin.
+        stride_in_1x1: bottleneck stride placement (see `Bottleneck`).
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, ...],
+        widths: tuple[int, ...],
+        stem: str,
+        num_classes: int,
+        shortcut: str | None,
+        stride_in_1x1: bool = True,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        if stem == "imagenet":
+            stem_width = widths[0]
+            self.conv1 = nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+        elif stem == "cifar":
+            stem_width = widths[0]
+            self.conv1 = nn.Conv2d(in_channels, stem_width, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            raise ValueError(f"unknown stem {stem!r}")
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.relu = nn.ReLU(inplace=True)
+        channels = stem_width
+        self.stage_names: list[str] = []
+        for i, (blocks, planes) in enumerate(zip(layers, widths, strict=True)):
+            stride = 1 if i == 0 else 2
+            stage = []
+            for j in range(blocks):
+                stage.append(
+                    block(channels, planes, stride if j == 0 else 1, shortcut, stride_in_1x1)
+                )
+                channels = planes * block.expansion
+            name = f"layer{i + 1}"
+            setattr(self, name, nn.Sequential(*stage))
+            self.stage_names.append(name)
+        self.num_features = channels
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+        init_he(self)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ReslabError(
+                f"expected a batch of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """Every stage's output, keyed `layer1..layerK` (ImageNet nets: C2..C5, Sec. 4.3)."""
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        x = self.forward_stem(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            out[name] = x
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))

@@ -1,0 +1,135 @@
+"""Names -> networks: the front door to every network of the paper.
+
+Names are the paper's: `resnet18..152` and `plain18..152` are the ImageNet nets of
+Table 1; `resnetD` / `plainD` with D = 6n+2 (20, 32, 44, 56, 110, 1202, or any other
+such as 8 or 74) are the CIFAR nets of Sec. 4.2. Two CIFAR depths collide with ImageNet
+names (50 = 6*8+2 and 152 = 6*25+2); `cifar_resnet50` / `cifar_plain152` name those,
+and the `cifar_` prefix is accepted for any CIFAR depth.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from reslab.errors import ReslabError
+from reslab.models.blocks import SHORTCUT_OPTIONS
+from reslab.models.cifar import CIFAR_DEPTHS, cifar_resnet, is_cifar_depth
+from reslab.models.imagenet import IMAGENET_CONFIGS, imagenet_resnet
+
+_NAME = re.compile(r"^(cifar_)?(resnet|plain)(\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model name and its options resolve to; stored in checkpoints."""
+
+    name: str
+    family: str  # "imagenet" or "cifar"
+    depth: int
+    residual: bool
+    num_classes: int
+    shortcut: str | None  # "A"/"B"/"C", None for plain nets
+    stride_in_1x1: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def list_models() -> list[str]:
+    """The canonical names: Table 1's ImageNet nets and Table 6's CIFAR nets, with plain twins."""
+    names = [f"resnet{d}" for d in IMAGENET_CONFIGS] + [f"plain{d}" for d in IMAGENET_CONFIGS]
+    names += [f"resnet{d}" for d in CIFAR_DEPTHS]
+    names += [f"plain{d}" for d in CIFAR_DEPTHS if d != 1202]
+    return names
+
+
+def _unknown(name: str, why: str = "") -> ReslabError:
+    close = difflib.get_close_matches(name.lower(), list_models(), n=4, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ReslabError(
+        f"unknown model {name!r}{why}.{hint} `reslab models` lists them; CIFAR nets take any "
+        "depth 6n+2 (resnet8, resnet74, ...)."
+    )
+
+
+def resolve(
+    name: str,
+    num_classes: int | None = None,
+    shortcut: str | None = None,
+    stride_in_1x1: bool | None = None,
+) -> ModelSpec:
+    """Parse a model name and fill in the paper's defaults; raise ReslabError if invalid."""
+    if not isinstance(name, str):
+        raise ReslabError(f"model name must be a string, got {type(name).__name__}")
+    m = _NAME.match(name.strip().lower())
+    if not m:
+        raise _unknown(name)
+    cifar_prefix, kind, depth_s = m.groups()
+    depth = int(depth_s)
+    residual = kind == "resnet"
+    if not cifar_prefix and depth in IMAGENET_CONFIGS:
+        family = "imagenet"
+    elif is_cifar_depth(depth):
+        family = "cifar"
+    else:
+        raise _unknown(
+            name,
+            f" (depth {depth} is neither an ImageNet depth {tuple(IMAGENET_CONFIGS)} "
+            "nor a CIFAR depth of the form 6n+2)",
+        )
+    if num_classes is None:
+        num_classes = 1000 if family == "imagenet" else 10
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ReslabError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if residual:
+        if shortcut is None:
+            shortcut = "B" if family == "imagenet" else "A"
+        shortcut = str(shortcut).upper()
+        if shortcut not in SHORTCUT_OPTIONS:
+            raise ReslabError(f"shortcut must be one of A, B, C, got {shortcut!r}")
+    elif shortcut is not None:
+        raise ReslabError(f"{name} is a plain net: it has no shortcuts (drop shortcut=...)")
+    canonical = f"{'cifar_' if cifar_prefix and depth in IMAGENET_CONFIGS else ''}{kind}{depth}"
+    return ModelSpec(
+        name=canonical,
+        family=family,
+        depth=depth,
+        residual=residual,
+        num_classes=num_classes,
+        shortcut=shortcut,
+        stride_in_1x1=True if stride_in_1x1 is None else bool(stride_in_1x1),
+    )
+
+
+def build(spec: ModelSpec) -> nn.Module:
+    """Build the network a ModelSpec describes; the spec is kept as `model.reslab_spec`."""
+    shortcut = spec.shortcut if spec.residual else None
+    if spec.family == "imagenet":
+        model = imagenet_resnet(spec.depth, spec.num_classes, shortcut, spec.stride_in_1x1)
+    else:
+        model = cifar_resnet(spec.depth, spec.num_classes, shortcut)
+    model.reslab_spec = spec
+    return model
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    shortcut: str | None = None,
+    stride_in_1x1: bool | None = None,
+) -> nn.Module:
+    """Build a network of the paper by name.
+
+    Args:
+        name: e.g. "resnet20", "plain56", "resnet50", "resnet1202", "resnet74".
+        num_classes: default 1000 (ImageNet nets) or 10 (CIFAR nets).
+        shortcut: "A", "B" or "C" for residual nets; defaults to A for CIFAR nets and B
+            for ImageNet nets, as the paper uses them. Must be None for plain nets.
+        stride_in_1x1: bottleneck stride placement; True (default) is the paper's,
+            False is torchvision's. No effect on basic-block nets.
+    """
+    return build(resolve(name, num_classes, shortcut, stride_in_1x1))
