@@ -34,30 +34,39 @@ def count_multiply_adds(model: nn.Module, input_size: int = 224, in_channels: in
 
 @dataclass
 class StageRow:
+    """One row of Table 1: `name` is the module (`conv1`, `layer1`, ..., `fc`), `paper_name`
+    the paper's (`conv1`, `conv2_x`, ..., `fc`)."""
+
     name: str
     output_size: tuple[int, int]
     channels: int
     blocks: str
     parameters: int
+    paper_name: str = ""
 
 
 @torch.no_grad()
 def stage_table(model: nn.Module, input_size: int = 224, in_channels: int = 3) -> list[StageRow]:
-    """Table 1 for one network: each stage's output size, blocks and parameters."""
+    """Table 1 for one network: each stage's output size, blocks and parameters.
+
+    As in Table 1, the conv1 row reports the 7x7 conv's output (112x112 at 224) and the
+    3x3 max pool is listed at the start of conv2_x (56x56).
+    """
     was_training = model.training
     model.eval()
     x = torch.zeros(1, in_channels, input_size, input_size)
-    stem = model.forward_stem(x)
+    model.forward_stem(x)  # validates the input
+    conv = model.relu(model.bn1(model.conv1(x)))
     stem_params = sum(
         p.numel() for mod in (model.conv1, model.bn1) for p in mod.parameters()
     )
     stem_desc = "x".join(map(str, model.conv1.kernel_size)) + f", {model.conv1.out_channels}"
     stem_desc += f", stride {model.conv1.stride[0]}"
-    if isinstance(model.maxpool, nn.MaxPool2d):
-        stem_desc += "; 3x3 max pool, stride 2"
-    rows = [StageRow("conv1", tuple(stem.shape[2:]), stem.shape[1], stem_desc, stem_params)]
+    pool_desc = "3x3 max pool, stride 2; " if isinstance(model.maxpool, nn.MaxPool2d) else ""
+    rows = [StageRow("conv1", tuple(conv.shape[2:]), conv.shape[1], stem_desc, stem_params,
+                     "conv1")]
     feats = model.forward_features(x)
-    for name, f in feats.items():
+    for i, (name, f) in enumerate(feats.items()):
         stage = getattr(model, name)
         first = stage[0]
         convs = [m for m in first.modules() if isinstance(m, nn.Conv2d) and m not in
@@ -65,11 +74,13 @@ def stage_table(model: nn.Module, input_size: int = 224, in_channels: int = 3) -
         desc = "[" + "; ".join(
             f"{m.kernel_size[0]}x{m.kernel_size[1]},{m.out_channels}" for m in convs
         ) + f"] x{len(stage)}"
+        if i == 0:
+            desc = pool_desc + desc
         rows.append(StageRow(name, tuple(f.shape[2:]), f.shape[1], desc,
-                             sum(p.numel() for p in stage.parameters())))
+                             sum(p.numel() for p in stage.parameters()), f"conv{i + 2}_x"))
     head_params = sum(p.numel() for p in model.fc.parameters())
     rows.append(StageRow("fc", (1, 1), model.fc.out_features,
-                         f"global average pool, {model.fc.out_features}-d fc", head_params))
+                         f"global average pool, {model.fc.out_features}-d fc", head_params, "fc"))
     model.train(was_training)
     return rows
 
@@ -86,10 +97,12 @@ def format_info(model: nn.Module, input_size: int = 224) -> str:
         lines.append(f"{spec.name}: {spec.family} net, {spec.depth} layers, {short}{extra}, "
                      f"{spec.num_classes} classes")
     lines.append(f"input {input_size}x{input_size}")
-    lines.append(f"{'stage':8s} {'output':>9s} {'channels':>8s} {'params':>12s}  blocks")
+    lines.append(f"{'stage':8s} {'module':7s} {'output':>9s} {'channels':>8s} {'params':>12s}"
+                 "  blocks")
     for r in stage_table(model, input_size):
         size = f"{r.output_size[0]}x{r.output_size[1]}"
-        lines.append(f"{r.name:8s} {size:>9s} {r.channels:8d} {r.parameters:12,d}  {r.blocks}")
+        lines.append(f"{r.paper_name:8s} {r.name:7s} {size:>9s} {r.channels:8d} "
+                     f"{r.parameters:12,d}  {r.blocks}")
     params = count_parameters(model)
     macs = count_multiply_adds(model, input_size)
     lines.append(f"parameters: {params:,}")

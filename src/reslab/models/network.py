@@ -40,18 +40,21 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
+        # Children are registered in forward order (conv1, bn1, relu, maxpool, layer1..,
+        # avgpool, fc) as in torchvision, so torchvision's IntermediateLayerGetter (used by
+        # the detection backbone, reslab.models.backbone) runs them correctly.
+        stem_width = widths[0]
         if stem == "imagenet":
-            stem_width = widths[0]
             self.conv1 = nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
         elif stem == "cifar":
-            stem_width = widths[0]
             self.conv1 = nn.Conv2d(in_channels, stem_width, 3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
         else:
             raise ValueError(f"unknown stem {stem!r}")
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool: nn.Module = (
+            nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        )
         channels = stem_width
         self.stage_names: list[str] = []
         for i, (blocks, planes) in enumerate(zip(layers, widths, strict=True)):
