@@ -1,0 +1,270 @@
+"""Image folders (`ROOT/train/<class>/*`, `ROOT/test/<class>/*` or `ROOT/val/<class>/*`),
+as a directory or a `.tar` / `.tar.gz` / `.tgz` of one, possibly under one top folder.
+
+Every image is decoded once (torchvision.io, RGB) into a uint8 tensor and the result is
+cached in `reslab_home()/cache/<key>.pt`, the key hashing the source's absolute path,
+size and mtime, so a second run reads one file instead of decoding again. Images are
+kept at their size (CIFAR-like folders, Sec. 4.2): all images must share one size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+from reslab.atomic_write import atomic_torch_save
+from reslab.data.dataset import ImageData, ImageSplit
+from reslab.data.home import reslab_home
+from reslab.errors import ReslabError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "test", "val")
+CACHE_FORMAT = "reslab-image-cache-v1"
+
+# (split, class, file name shown to the user, source: Path or bytes)
+_Entry = tuple[str, str, str, "Path | bytes"]
+
+
+def _decode(data: bytes, name: str) -> torch.Tensor:
+    """Decode one image file's bytes to uint8 (3, H, W). Raises on corrupt data."""
+    return decode_image(
+        torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
+    )
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not os.path.basename(
+        name
+    ).startswith(".")
+
+
+def _split_rel(parts: list[str]) -> list[str] | None:
+    """`[split, class, ..., file]` from a member's path parts, with at most one top folder."""
+    if len(parts) >= 3 and parts[0] in SPLITS:
+        return parts
+    if len(parts) >= 4 and parts[1] in SPLITS:
+        return parts[1:]
+    return None
+
+
+def find_folder_root(path: Path) -> Path | None:
+    """The directory holding `train/` (path itself or its single sub-folder), or None."""
+    if (path / "train").is_dir():
+        return path
+    subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(subdirs) == 1 and (subdirs[0] / "train").is_dir():
+        return subdirs[0]
+    return None
+
+
+def _dir_entries(root: Path) -> Iterator[_Entry]:
+    for split in SPLITS:
+        sdir = root / split
+        if not sdir.is_dir():
+            continue
+        for cdir in sorted(p for p in sdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for dirpath, dirnames, filenames in os.walk(cdir):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                for fn in filenames:
+                    if _is_image(fn):
+                        p = Path(dirpath) / fn
+                        yield split, cdir.name, str(p), p
+
+
+def _tar_entries(archive: Path) -> Iterator[_Entry]:
+    prefix: str | None = None
+    with tarfile.open(archive) as tf:
+        for m in tf:
+            if not m.isfile() or not _is_image(m.name):
+                continue
+            parts = [p for p in m.name.split("/") if p not in ("", ".")]
+            rel = _split_rel(parts)
+            if rel is None:
+                continue
+            top = "/".join(parts[: len(parts) - len(rel)])
+            if prefix is None:
+                prefix = top
+            elif top != prefix:
+                continue
+            f = tf.extractfile(m)
+            if f is None:
+                continue
+            yield rel[0], rel[1], f"{archive}:{m.name}", f.read()
+
+
+def tar_looks_like_folder(archive: Path, max_members: int = 2000) -> bool:
+    """Whether a tar holds an image folder (judged from its first image members)."""
+    with tarfile.open(archive) as tf:
+        for i, m in enumerate(tf):
+            if m.isfile() and _is_image(m.name):
+                rel = _split_rel([p for p in m.name.split("/") if p not in ("", ".")])
+                return rel is not None
+            if i >= max_members:
+                break
+    return False
+
+
+def _source_key(path: Path) -> str:
+    h = hashlib.sha256(CACHE_FORMAT.encode())
+    path = path.resolve()
+    st = path.stat()
+    h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+    if path.is_dir():
+        # A directory's own mtime misses edits deeper down: hash every file's stat.
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                s = os.stat(os.path.join(dirpath, fn))
+                h.update(f"{dirpath}/{fn}|{s.st_size}|{s.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def _cache_path(path: Path) -> Path:
+    return reslab_home() / "cache" / f"{_source_key(path)}.pt"
+
+
+def _decode_all(
+    entries: Iterator[_Entry], source: Path, skip_corrupt: bool, progress: bool
+) -> dict:
+    from tqdm.auto import tqdm
+
+    # Group by split first so each split's tensor is allocated once.
+    by_split: dict[str, list[tuple[str, str, Path | bytes]]] = {s: [] for s in SPLITS}
+    for split, cls, shown, src in entries:
+        by_split[split].append((cls, shown, src))
+    if not by_split["train"]:
+        raise ReslabError(f"{source} has no images under train/<class>/")
+    test_name = "test" if by_split["test"] else "val" if by_split["val"] else None
+    if test_name is None:
+        raise ReslabError(f"{source} has train/ but neither test/<class>/ nor val/<class>/")
+    classes = sorted({cls for cls, _, _ in by_split["train"]})
+    class_index = {c: i for i, c in enumerate(classes)}
+    want = ["train", test_name] + (["val"] if test_name == "test" and by_split["val"] else [])
+    for split in want[1:]:
+        extra = sorted({cls for cls, _, _ in by_split[split]} - set(classes))
+        if extra:
+            raise ReslabError(
+                f"{source}: {split}/ has classes not in train/: {', '.join(extra[:5])}"
+            )
+    total = sum(len(by_split[s]) for s in want)
+    out: dict = {"format": CACHE_FORMAT, "classes": classes, "skipped": [], "test_name": test_name}
+    shape: tuple[int, ...] | None = None
+    first_name = ""
+    with tqdm(total=total, desc=f"decoding {source.name}", unit="img", disable=not progress) as bar:
+        for split in want:
+            items = sorted(by_split[split], key=lambda t: (class_index[t[0]], t[1]))
+            images: torch.Tensor | None = None
+            labels = torch.empty(len(items), dtype=torch.int64)
+            n = 0
+            for cls, shown, src in items:
+                bar.update(1)
+                try:
+                    data = src.read_bytes() if isinstance(src, Path) else src
+                    img = _decode(data, shown)
+                except Exception as e:
+                    if not skip_corrupt:
+                        raise ReslabError(
+                            f"cannot decode image {shown} ({type(e).__name__}: {e}); fix or "
+                            "delete it, or pass skip_corrupt=True (--skip-corrupt) to skip it"
+                        ) from None
+                    warnings.warn(f"skipping unreadable image {shown}", stacklevel=2)
+                    out["skipped"].append(shown)
+                    continue
+                if shape is None:
+                    shape, first_name = tuple(img.shape), shown
+                elif tuple(img.shape) != shape:
+                    raise ReslabError(
+                        f"images differ in size: {shown} is {tuple(img.shape)[1:]} but "
+                        f"{first_name} is {shape[1:]}; this loader keeps CIFAR-like images at "
+                        "their size, for large images of varying size use --recipe imagenet"
+                    )
+                if images is None:
+                    images = torch.empty((len(items), *shape), dtype=torch.uint8)
+                images[n] = img
+                labels[n] = class_index[cls]
+                n += 1
+            if images is None:
+                raise ReslabError(f"{source}: no readable images in {split}/")
+            out[f"{split}_images"] = images[:n].clone() if n < len(items) else images
+            out[f"{split}_labels"] = labels[:n].clone()
+    return out
+
+
+def _to_image_data(d: dict, name: str) -> ImageData:
+    val = None
+    if "val_images" in d and d["test_name"] == "test":
+        val = ImageSplit(d["val_images"], d["val_labels"])
+    tn = d["test_name"]
+    return ImageData(
+        name=name,
+        classes=list(d["classes"]),
+        train=ImageSplit(d["train_images"], d["train_labels"]),
+        test=ImageSplit(d[f"{tn}_images"], d[f"{tn}_labels"]),
+        val=val,
+    )
+
+
+def _folder_name(path: Path) -> str:
+    name = path.name
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def load_image_folder(
+    path: str | Path, *, skip_corrupt: bool = False, progress: bool = True, cache: bool = True
+) -> ImageData:
+    """Load an image folder (directory or tar of one), decoding once and caching.
+
+    Class names are the sorted folder names of `train/`; the test split is `test/`,
+    or `val/` when there is no `test/` (and a `val/` beside `test/` becomes `val`).
+    Unreadable images raise ReslabError naming the file, or with `skip_corrupt` are
+    skipped with a warning.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ReslabError(f"no such file or folder: {path}")
+    cache_file = _cache_path(path) if cache else None
+    d = None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            d = torch.load(cache_file, map_location="cpu", weights_only=True)
+            if not isinstance(d, dict) or d.get("format") != CACHE_FORMAT:
+                d = None
+        except Exception:
+            d = None  # unreadable cache: decode again and overwrite it
+        if d is not None and d["skipped"]:
+            if not skip_corrupt:
+                raise ReslabError(
+                    f"cannot decode image {d['skipped'][0]} ({len(d['skipped'])} unreadable "
+                    "in all); fix or delete it, or pass skip_corrupt=True (--skip-corrupt)"
+                )
+            for shown in d["skipped"]:
+                warnings.warn(f"skipping unreadable image {shown}", stacklevel=2)
+    if d is None:
+        if path.is_dir():
+            root = find_folder_root(path)
+            if root is None:
+                raise ReslabError(
+                    f"{path} is not an image folder: expected {path}/train/<class>/* and "
+                    f"{path}/test/<class>/* (or val/)"
+                )
+            entries = _dir_entries(root)
+        else:
+            entries = _tar_entries(path)
+        try:
+            d = _decode_all(entries, path, skip_corrupt, progress)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise ReslabError(f"cannot read {path}: {e}") from None
+        if cache_file is not None:
+            atomic_torch_save(cache_file, d)
+    return _to_image_data(d, _folder_name(path))
