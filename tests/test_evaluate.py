@@ -1,0 +1,147 @@
+"""Top-k errors and the ImageNet testing protocols (Sec. 3.4) on small images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.io import encode_jpeg
+from torchvision.transforms.v2 import functional as TF
+
+from reslab.data.imagenet import ImageFolderDataset, Normalize
+from reslab.errors import ReslabError
+from reslab.evaluate import (
+    evaluate_imagenet,
+    multiscale_logits,
+    ten_crop_logits,
+    ten_crops,
+    topk_correct,
+    topk_errors,
+)
+
+
+def _net(classes: int = 7) -> nn.Module:
+    """A tiny fully-convolutional net ending in AdaptiveAvgPool2d, with BN (eval mode
+    matters) and position-sensitive features (so crops give different scores)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, classes))
+    with torch.no_grad():  # non-trivial running stats
+        net[1].running_mean.uniform_(-0.1, 0.1)
+        net[1].running_var.uniform_(0.5, 2)
+    return net
+
+
+def test_topk_errors_basic():
+    logits = torch.tensor([[0.9, 0.05, 0.05, 0.0],   # label 0: top-1 hit
+                           [0.1, 0.2, 0.3, 0.4],     # label 1: rank 3
+                           [0.5, 0.3, 0.15, 0.05]])  # label 3: rank 4
+    labels = torch.tensor([0, 1, 3])
+    assert topk_correct(logits, labels, (1, 3))[1] == 1
+    errs = topk_errors(logits, labels, (1, 3, 5))
+    assert errs[1] == pytest.approx(2 / 3)
+    assert errs[3] == pytest.approx(1 / 3)
+    assert errs[5] == 0.0  # k capped at the class count
+
+
+def test_ten_crops_positions():
+    img = torch.rand(3, 30, 40)
+    c = ten_crops(img, 20)
+    assert c.shape == (10, 3, 20, 20)
+    f = img.flip(-1)
+    slices = [(slice(0, 20), slice(0, 20)), (slice(0, 20), slice(20, 40)),
+              (slice(10, 30), slice(0, 20)), (slice(10, 30), slice(20, 40)),
+              (slice(5, 25), slice(10, 30))]
+    for i, (r, s) in enumerate(slices):
+        assert torch.equal(c[i], img[:, r, s]), i
+        assert torch.equal(c[5 + i], f[:, r, s]), 5 + i
+    assert torch.equal(c[5], img[:, :20, 20:].flip(-1))  # flipped top-left = flip of top-right
+    assert ten_crops(torch.rand(2, 3, 30, 40), 20).shape == (10, 2, 3, 20, 20)
+    with pytest.raises(ReslabError):
+        ten_crops(img, 31)
+
+
+@pytest.mark.parametrize("average", ["softmax", "logits"])
+def test_ten_crop_equals_mean_of_single_crops(average):
+    net = _net().train()
+    imgs = torch.rand(3, 3, 30, 40)
+    got = ten_crop_logits(net, imgs, 20, average=average)
+    assert net.training  # mode restored
+    net.eval()
+    with torch.no_grad():
+        for n in range(3):
+            views = [imgs[n][:, :20, :20], imgs[n][:, :20, 20:], imgs[n][:, 10:, :20],
+                     imgs[n][:, 10:, 20:], imgs[n][:, 5:25, 10:30]]
+            f = imgs[n].flip(-1)
+            views += [f[:, :20, :20], f[:, :20, 20:], f[:, 10:, :20], f[:, 10:, 20:],
+                      f[:, 5:25, 10:30]]
+            one = [net(v[None])[0] for v in views]
+            one = [o.softmax(0) if average == "softmax" else o for o in one]
+            assert torch.allclose(got[n], torch.stack(one).mean(0), atol=1e-6)
+    assert ten_crop_logits(net, imgs[0], 20, average=average).shape == (7,)
+    if average == "softmax":
+        assert torch.allclose(got.sum(1), torch.ones(3))
+
+
+def test_multiscale_single_scale_is_full_image_eval():
+    net = _net().eval()
+    img = torch.rand(3, 24, 32)  # shorter side already 24: resize is the identity
+    with torch.no_grad():
+        full = net(img[None])[0].softmax(0)
+    assert torch.allclose(multiscale_logits(net, img, scales=(24,)), full, atol=1e-6)
+    two = multiscale_logits(net, img, scales=(24, 36), flip=True)
+    with torch.no_grad():
+        big = TF.resize(img[None], [36], antialias=True)
+        views = [img[None], img[None].flip(-1), big, big.flip(-1)]
+        ref = torch.stack([net(v)[0].softmax(0) for v in views]).mean(0)
+    assert two.shape == (7,) and torch.allclose(two, ref, atol=1e-6)
+    assert multiscale_logits(net, img[None], (20, 28, 40)).shape == (1, 7)
+
+
+def _folder(tmp_path, n=4):
+    root = tmp_path / "val"
+    for c in range(3):
+        d = root / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(n):
+            img = torch.randint(0, 256, (3, 30 + 2 * i, 40), dtype=torch.uint8,
+                                generator=torch.Generator().manual_seed(10 * c + i))
+            (d / f"{i}.JPEG").write_bytes(encode_jpeg(img, quality=90).numpy().tobytes())
+    return ImageFolderDataset(root)
+
+
+def test_evaluate_imagenet_protocols(tmp_path):
+    ds = _folder(tmp_path)
+    net = _net(classes=3)
+    norm = Normalize([0.5, 0.5, 0.5])
+    r1 = evaluate_imagenet(net, ds, crops=1, normalize=norm, resize=24, crop=20,
+                           images_per_batch=5)
+    r10 = evaluate_imagenet(net, ds, crops=10, normalize=norm, resize=24, crop=20)
+    rms = evaluate_imagenet(net, ds, scales=(20, 24, 28), flip=True, normalize=norm)
+    for r in (r1, r10, rms):
+        assert r.images == 12 and 0 <= r.top1_error <= 1 and r.top5_error == 0.0
+        assert r.loss > 0
+
+    # 10-crop error equals the error of ten_crop_logits image by image
+    net.eval()
+    scores, labels = [], []
+    for img, y in ds:
+        x = norm(TF.resize(img, [24], antialias=True).float() / 255)
+        scores.append(ten_crop_logits(net, x, 20))
+        labels.append(y)
+    want = topk_errors(torch.stack(scores), torch.tensor(labels))
+    assert r10.top1_error == pytest.approx(want[1])
+
+    # model-ready float batches (a val loader's) go straight to the model
+    x = torch.stack([norm(TF.center_crop(TF.resize(img, [24], antialias=True),
+                                         [20]).float() / 255) for img, _ in ds])
+    y = torch.tensor([lab for _, lab in ds])
+    rb = evaluate_imagenet(net, [(x[:7], y[:7]), (x[7:], y[7:])])
+    assert rb.top1_error == pytest.approx(r1.top1_error)
+    assert rb.loss == pytest.approx(r1.loss, rel=1e-5)
+
+    with pytest.raises(ReslabError):
+        evaluate_imagenet(net, ds, crops=5)
+    with pytest.raises(ReslabError):
+        evaluate_imagenet(net, ds, crops=10, scales=(24,))

@@ -1,0 +1,184 @@
+"""The ImageNet input pipeline (Sec. 3.4) on small images: 40x30 with scale (24, 36), crop 20."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import encode_jpeg
+
+from reslab.data.imagenet import (
+    IMAGENET_EIGVAL,
+    IMAGENET_EIGVEC,
+    ImageFolderDataset,
+    Lighting,
+    Normalize,
+    RandomShorterSideResize,
+    ShardSampler,
+    channel_mean_std,
+    imagenet_batch_transform,
+    imagenet_eval_transform,
+    imagenet_loaders,
+    imagenet_train_transform,
+    pixel_mean,
+)
+from reslab.errors import ReslabError
+from reslab.train.imagenet_recipe import IMAGENET_RECIPE, PlateauSchedule
+
+
+def _img(h: int = 30, w: int = 40, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+
+
+def test_shorter_side_in_range_and_covers_it():
+    torch.manual_seed(0)
+    t = RandomShorterSideResize((24, 36))
+    seen = set()
+    for _ in range(400):
+        for h, w in ((30, 40), (40, 30), (31, 17)):
+            out = t(_img(h, w))
+            short, long = sorted(out.shape[-2:])
+            assert 24 <= short <= 36
+            assert (out.shape[-2] < out.shape[-1]) == (h < w)  # orientation kept
+            seen.add(short)
+    assert seen == set(range(24, 37))  # both ends included, every size reachable
+
+
+def test_train_transform_sizes_dtype_and_flips():
+    torch.manual_seed(0)
+    mean = torch.full((3, 20, 20), 0.5)
+    t = imagenet_train_transform(mean, scale=(24, 36), crop=20, lighting=0.1)
+    out = t(_img())
+    assert out.shape == (3, 20, 20) and out.dtype == torch.float32
+    assert -0.8 < float(out.min()) and float(out.max()) < 0.8  # mean-subtracted [0,1] + noise
+
+    # flips happen, about half the time: a left-right ramp decides the direction
+    ramp = torch.arange(40, dtype=torch.uint8).mul(6).expand(3, 30, 40).contiguous()
+    geo = imagenet_train_transform(scale=(30, 30), crop=20, to_float=False)
+    flips = 0
+    for _ in range(200):
+        out = geo(ramp)
+        assert out.dtype == torch.uint8 and out.shape == (3, 20, 20)
+        row = out[0, 10].int()
+        flips += int(row[0] > row[-1])
+    assert 60 < flips < 140
+
+
+def test_eval_transform_center_crop():
+    t = imagenet_eval_transform(mean=None, resize=None, crop=20)
+    img = _img()
+    out = t(img)
+    assert torch.allclose(out, img[:, 5:25, 10:30].float() / 255)
+    assert imagenet_eval_transform(resize=24, crop=None)(img).shape == (3, 24, 32)
+
+
+def test_lighting_zero_mean_shape_and_off():
+    torch.manual_seed(0)
+    x = torch.rand(4096, 3, 2, 2)
+    light = Lighting(0.1)
+    out = light(x)
+    assert out.shape == x.shape
+    d = out - x
+    assert torch.allclose(d, d[..., :1, :1].expand_as(d), atol=1e-6)  # one offset per image
+    offs = d[:, :, 0, 0]
+    assert offs.mean(0).abs().max() < 0.004  # std of the R offset is ~0.012
+    # covariance of the offsets = eigvec diag((0.1 * eigval)^2) eigvec^T
+    v = torch.tensor(IMAGENET_EIGVEC)
+    cov = v @ torch.diag((0.1 * torch.tensor(IMAGENET_EIGVAL)) ** 2) @ v.T
+    assert torch.allclose(offs.T.cov(), cov, atol=2e-5)
+    single = torch.rand(3, 5, 6)
+    assert light(single).shape == single.shape
+    assert torch.equal(Lighting(0.0)(single), single)
+    with pytest.raises(ReslabError):
+        light(torch.zeros(3, 4, 4, dtype=torch.uint8))
+
+
+def test_normalize_per_pixel_and_channel():
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(Normalize([0.1, 0.2, 0.3], [0.5, 0.5, 0.5])(x),
+                          (x - torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1)) / 0.5)
+    mean = torch.rand(3, 8, 8)
+    assert torch.allclose(Normalize(mean)(x), x - mean)
+    const = Normalize(torch.full((3, 16, 16), 0.25))(x)  # resized to the input's size
+    assert torch.allclose(const, x - 0.25, atol=1e-6)
+
+
+def test_batch_transform_on_uint8_batches():
+    out = imagenet_batch_transform([0.5] * 3, lighting=0.1)(_img()[None].repeat(4, 1, 1, 1))
+    assert out.shape == (4, 3, 30, 40) and out.dtype == torch.float32
+
+
+def _make_folder(root: Path, per_class: int = 3) -> Path:
+    for split in ("train", "val"):
+        for c, name in enumerate(("cat", "dog")):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                img = _img(30 + i, 40, seed=c * 100 + i)
+                (d / f"{i}.JPEG").write_bytes(encode_jpeg(img, quality=90).numpy().tobytes())
+    return root
+
+
+def test_image_folder_dataset_and_loaders(tmp_path):
+    root = _make_folder(tmp_path / "imnet")
+    ds = ImageFolderDataset(root / "train")
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6
+    img, label = ds[4]
+    assert img.dtype == torch.uint8 and img.shape == (3, 31, 40) and label == 1
+
+    train, val = imagenet_loaders(root, batch_size=4, workers=0, distributed=False, seed=0,
+                                  mean=[0.5, 0.5, 0.5], scale=(24, 36), crop=20,
+                                  val_resize=24, mean_samples=4)
+    x, y = next(iter(train))
+    assert x.shape == (4, 3, 20, 20) and x.dtype == torch.float32 and y.shape == (4,)
+    assert len(train) == 1  # 6 images, batch 4, drop_last
+    vx = torch.cat([b[0] for b in val])
+    assert vx.shape == (6, 3, 20, 20)
+
+    # mean=None estimates the per-pixel mean; workers > 0 are persistent
+    train2, _ = imagenet_loaders(root, batch_size=2, workers=1, distributed=False, seed=0,
+                                 scale=(24, 36), crop=20, val_resize=24, mean_samples=4)
+    assert train2.persistent_workers
+    assert next(iter(train2))[0].shape == (2, 3, 20, 20)
+
+
+def test_mean_estimates(tmp_path):
+    root = _make_folder(tmp_path / "imnet")
+    ds = ImageFolderDataset(root / "train", transform=lambda x: x[:, :1])  # bypassed
+    m, s = channel_mean_std(ds, n=100)
+    assert m.shape == (3,) and 0.4 < float(m.mean()) < 0.6 and 0.2 < float(s.mean()) < 0.35
+    pm = pixel_mean(ds, n=100, size=24, crop=20)
+    assert pm.shape == (3, 20, 20) and 0.4 < float(pm.mean()) < 0.6
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    root = _make_folder(tmp_path / "imnet", per_class=1)
+    bad = root / "train" / "cat" / "broken.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    ds = ImageFolderDataset(root / "train")
+    idx = [p for p, _ in ds.samples].index(str(bad))
+    with pytest.raises(ReslabError, match="broken.JPEG"):
+        ds[idx]
+    with pytest.raises(ReslabError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "nowhere")
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(ReslabError):
+        ImageFolderDataset(tmp_path / "empty")
+
+
+def test_shard_sampler_disjoint_and_complete():
+    shards = [list(ShardSampler(10, rank=r, world=3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+
+
+def test_recipe_values_and_plateau():
+    r = IMAGENET_RECIPE
+    assert (r.batch_size, r.lr, r.weight_decay, r.momentum) == (256, 0.1, 1e-4, 0.9)
+    assert (r.max_iterations, r.scale, r.crop, r.test_crops) == (600_000, (256, 480), 224, 10)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = PlateauSchedule(opt, patience=1)
+    for err in (0.5, 0.4, 0.4, 0.4):
+        sched.step(err)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
