@@ -11,7 +11,7 @@ import importlib
 import sys
 
 #: subcommand modules under reslab.cli, in `--help` order.
-COMMANDS = ("models", "info")
+COMMANDS = ("models", "info", "train", "eval", "predict", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,114 @@
+"""`reslab train`: train a network of the zoo with the paper's recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a network with the paper's recipe",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a network with the paper's CIFAR recipe (Sec. 4.2): SGD momentum "
+        "0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, "
+        "64k iterations, per-pixel mean, 4-pixel pad + random crop + flip; nets of 110+ "
+        "layers warm up at lr 0.01 until training error < 80%%. --iterations/--epochs "
+        "shorten the run and scale the milestones in proportion. Writes run.json, "
+        "metrics.jsonl, TensorBoard events, curves.png, last.pt and best.pt into --out. "
+        "Ctrl-C or SIGTERM saves a checkpoint; --resume continues it.",
+    )
+    p.add_argument("--model", default="resnet20", help="network name (see `reslab models`)")
+    p.add_argument("--shortcut", choices=["A", "B", "C"], default=None,
+                   help="shortcut option (default: A for CIFAR nets, B for ImageNet nets)")
+    p.add_argument("--data", default="cifar10",
+                   help="cifar10, cifar100, synthetic, or a PATH: an official-format CIFAR "
+                   "folder or .tar.gz, or an image-folder root (train/<class>/*, test/<class>/*)"
+                   " or its .tar.gz")
+    p.add_argument("--data-root", default=None,
+                   help="where cifar10/cifar100 are looked for and downloaded "
+                   "(default $RESLAB_HOME/data, else ~/.cache/reslab/data)")
+    p.add_argument("--recipe", choices=["cifar", "imagenet"], default="cifar",
+                   help="training recipe: cifar (Sec. 4.2) or imagenet (Sec. 3.4)")
+    p.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
+    p.add_argument("--iterations", type=int, default=None, help="iterations (paper: 64000)")
+    p.add_argument("--epochs", type=float, default=None, help="train for this many epochs instead")
+    p.add_argument("--batch-size", type=int, default=None, help="global mini-batch (paper: 128)")
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate (paper: 0.1)")
+    p.add_argument("--momentum", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--milestones", type=int, nargs="+", default=None,
+                   help="iterations where lr is divided by 10 (default: 50%% and 75%% of the run)")
+    p.add_argument("--warmup", dest="warmup", action="store_const", const=True, default=None,
+                   help="warm up at lr 0.01 until training error < 80%% (default: 110+ layers)")
+    p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False)
+    p.add_argument("--val-split", type=int, default=0,
+                   help="hold out N training images for validation (paper: 5000); evaluate on them")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="skip unreadable images with a warning instead of stopping")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate, log and checkpoint every K iterations (default: ~20 per run)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
+    p.add_argument("--channels-last", dest="channels_last", action="store_const", const=True,
+                   default=None, help="channels_last memory format (default: on for CUDA and CPU)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers (imagenet recipe)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """Build the TrainConfig the flags describe (unset flags keep the recipe's values)."""
+    from reslab.train.recipes import TrainConfig
+
+    values = {
+        "model": args.model, "shortcut": args.shortcut, "data": args.data,
+        "data_root": args.data_root, "recipe": args.recipe,
+        "out": args.out or f"runs/{args.model}", "val_split": args.val_split,
+        "skip_corrupt": args.skip_corrupt, "eval_every": args.eval_every,
+        "device": args.device, "precision": args.precision,
+        "channels_last": args.channels_last, "compile": args.compile, "seed": args.seed,
+        "resume": args.resume, "progress": args.progress, "warmup": args.warmup,
+        "epochs": args.epochs,
+    }
+    for flag in ("iterations", "batch_size", "lr", "momentum", "weight_decay"):
+        if getattr(args, flag) is not None:
+            values[flag] = getattr(args, flag)
+    if args.milestones is not None:
+        values["milestones"] = tuple(args.milestones)
+    if args.workers is not None:
+        values["extra"] = {"workers": args.workers}
+    if args.recipe == "imagenet":
+        from reslab.train.imagenet_recipe import imagenet_overrides
+
+        for k, v in imagenet_overrides().items():
+            if k not in values or getattr(args, k, None) is None:
+                values[k] = v
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from reslab.train.trainer import train
+
+    cfg = config_from_args(args)
+    result = train(cfg)
+    if result.status == "interrupted":
+        print(f"stopped at iteration {result.iteration}/{result.iterations}; checkpoint saved "
+              f"to {result.out / 'last.pt'}. Continue with the same command and --resume.")
+        return 130
+    last = result.last or {}
+    if last:
+        print(f"done: {result.iteration} iterations in {result.wall_seconds:.0f} s; "
+              f"{last.get('eval_split', 'test')} error {100 * last['test_error']:.2f}% "
+              f"(best {100 * result.best_error:.2f}%), train error "
+              f"{100 * last['train_error']:.2f}%; outputs in {result.out}")
+    return 0

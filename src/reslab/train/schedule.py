@@ -1,0 +1,61 @@
+"""The paper's CIFAR learning-rate schedule (Sec. 4.2).
+
+lr 0.1, divided by 10 at 32k and 48k iterations, stop at 64k; for nets of 110 layers and
+more, lr 0.01 until the training error is below 80% (about 400 iterations), then 0.1.
+
+Hand-written rather than torch.optim.lr_scheduler because the warm-up ends on a training
+error criterion, not at a fixed step, and because a pure function of the iteration makes
+resuming exact without saving scheduler state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAPER_ITERATIONS = 64_000
+PAPER_MILESTONES = (32_000, 48_000)
+
+
+def scale_milestones(
+    iterations: int,
+    milestones: tuple[int, ...] = PAPER_MILESTONES,
+    reference: int = PAPER_ITERATIONS,
+) -> tuple[int, ...]:
+    """Milestones for a run of `iterations`, in the paper's proportion (32k/64k, 48k/64k)."""
+    return tuple(max(1, round(m * iterations / reference)) for m in milestones)
+
+
+@dataclass
+class StepSchedule:
+    """Piecewise-constant lr: `base_lr * gamma**k` after the k-th milestone, with an
+    optional warm-up at `warmup_lr` that lasts until `end_warmup()` is called."""
+
+    base_lr: float
+    milestones: tuple[int, ...]
+    gamma: float = 0.1
+    warmup_lr: float | None = None
+    warmup_until_error: float = 0.8
+    warming_up: bool = False
+
+    def __post_init__(self) -> None:
+        self.warming_up = self.warmup_lr is not None
+
+    def lr(self, iteration: int) -> float:
+        """The learning rate for the update that follows `iteration` completed updates."""
+        if self.warming_up:
+            return float(self.warmup_lr)
+        k = sum(1 for m in self.milestones if iteration >= m)
+        return self.base_lr * self.gamma**k
+
+    def observe_train_error(self, error: float) -> bool:
+        """Feed the recent training error; ends the warm-up once it is below the threshold.
+        Returns True when this call ended the warm-up."""
+        if self.warming_up and error < self.warmup_until_error:
+            self.warming_up = False
+            return True
+        return False
+
+
+def needs_warmup(depth: int) -> bool:
+    """The paper warms up ResNet-110 and ResNet-1202 (Sec. 4.2): nets of 110 layers or more."""
+    return depth >= 110

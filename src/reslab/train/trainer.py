@@ -1,0 +1,430 @@
+"""The training loop: the paper's recipe (Sec. 4.2) on uint8 tensors kept on the device.
+
+Read top to bottom: set up (device, data, model, optimizer, resume), then the loop
+(lr from the schedule, batch, step, metrics), with an evaluation, a metrics record, a
+checkpoint and a curves.png every `eval_every` iterations. Everything is a pure function
+of (seed, iteration, rank), so a resumed run ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reslab.analysis.curves import plot_error_curves
+from reslab.atomic_write import atomic_write_json, atomic_write_text
+from reslab.errors import ReslabError
+from reslab.evaluate import evaluate_tensors
+from reslab.models.registry import build, resolve
+from reslab.train.checkpoint import load_checkpoint, save_checkpoint
+from reslab.train.distributed import World, all_reduce_sum, barrier, init_world
+from reslab.train.recipes import TrainConfig, resolved_milestones
+from reslab.train.schedule import StepSchedule, needs_warmup
+
+
+@dataclass
+class RunResult:
+    """What `train` returns: where the run lives and how it ended."""
+
+    out: Path
+    iteration: int
+    iterations: int
+    status: str  # "finished" or "interrupted"
+    last: dict | None  # the last metrics record
+    best_error: float | None
+    wall_seconds: float
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda, else mps, else cpu; an unavailable device is a ReslabError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ReslabError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ReslabError("--device cuda asked for, but no CUDA GPU is available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ReslabError("--device mps asked for, but MPS is not available")
+    return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX), where oneDNN's
+    bf16 convolutions are about twice as fast as fp32 (benchmarks/train_throughput.py)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it helps: CUDA with bf16 support, CPUs with native bf16."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+class TensorBatches:
+    """Training batches from a split kept on the device as uint8 (airbench style).
+
+    Each epoch is a permutation seeded by (seed, epoch); batch `iteration` is a pure
+    function of (seed, iteration), and in a world of W ranks each rank takes every W-th
+    image of the global batch. Augmentation: per-pixel mean subtracted, 4-pixel zero
+    pad, random crop, random flip, on whole batches (Sec. 4.2).
+    """
+
+    def __init__(self, split, preprocess, batch_size: int, device: torch.device, seed: int,
+                 pad: int, world: World) -> None:
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.steps_per_epoch = len(split) // batch_size
+        if self.steps_per_epoch < 1:
+            raise ReslabError(
+                f"--batch-size {batch_size} is larger than the training set ({len(split)} images)"
+            )
+        if batch_size % world.size:
+            raise ReslabError(f"--batch-size {batch_size} must divide by the {world.size} ranks")
+        self.preprocess, self.device, self.seed, self.pad, self.world = (
+            preprocess, device, seed, pad, world)
+        self._epoch, self._perm = -1, None
+        self.generator = torch.Generator(device=device)
+
+    def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from reslab.data.augment import random_crop_flip
+
+        epoch, step = divmod(iteration, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(len(self.labels), generator=g).to(self.device)
+            self._epoch = epoch
+        idx = self._perm[step * self.batch_size : (step + 1) * self.batch_size]
+        idx = idx[self.world.rank :: self.world.size]
+        x = self.preprocess(self.images[idx])
+        self.generator.manual_seed((self.seed * 1_000_003 + iteration) * 64 + self.world.rank)
+        return random_crop_flip(x, self.pad, generator=self.generator), self.labels[idx]
+
+
+@contextmanager
+def stop_requests():
+    """Turn SIGINT/SIGTERM into a flag the loop checks between iterations, so that it can
+    save a checkpoint before exiting. A second Ctrl-C interrupts at once."""
+    flag = {"signal": None}
+    previous = {}
+
+    def handler(signum, frame):
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.signal(s, handler)
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(device)}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def versions() -> dict:
+    import torchvision
+
+    from reslab import __version__
+
+    return {"reslab": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__}
+
+
+def read_metrics(path: Path, upto: int | None = None) -> list[dict]:
+    """metrics.jsonl records (those with iteration <= upto, if given)."""
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if upto is None or r["iteration"] <= upto]
+
+
+def _write_metrics(path: Path, records: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def train(cfg: TrainConfig, data=None) -> RunResult:
+    """Train `cfg.model` on `cfg.data` with the recipe in `cfg`; outputs go to `cfg.out`.
+
+    `data` may be a pre-loaded `reslab.data.ImageData` (experiments share one load).
+    """
+    cfg.validate()
+    if cfg.recipe == "imagenet":
+        from reslab.train.imagenet_trainer import train_imagenet
+
+        return train_imagenet(cfg)
+    t_start = time.time()
+    device = pick_device(cfg.device)
+    world = init_world(device.type)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    autocast_dtype = pick_precision(cfg.precision, device)
+    channels_last = cfg.channels_last
+    if channels_last is None:  # faster for oneDNN (CPU) and cuDNN convolutions
+        channels_last = device.type in ("cuda", "cpu")
+    out = Path(cfg.out)
+
+    # ---- data: uint8 tensors, the paper's per-pixel mean --------------------------------
+    from reslab.data import Preprocess, load_image_data, per_pixel_mean
+
+    if data is None:
+        data = load_image_data(cfg.data, root=cfg.data_root, val_split=cfg.val_split,
+                               seed=cfg.seed, skip_corrupt=cfg.skip_corrupt,
+                               progress=cfg.progress and world.is_main)
+    eval_split = data.val if data.val is not None else data.test
+    eval_name = "val" if data.val is not None else "test"
+    preprocess = Preprocess(per_pixel_mean(data.train.images))
+    iterations = cfg.iterations
+    if cfg.epochs is not None:
+        iterations = max(1, math.ceil(cfg.epochs * len(data.train) / cfg.batch_size))
+    milestones = resolved_milestones(cfg, iterations)
+    eval_every = cfg.eval_every or max(1, min(1000, iterations // 20))
+
+    # ---- model and optimizer -----------------------------------------------------------
+    spec = resolve(cfg.model, len(data.classes), cfg.shortcut)
+    torch.manual_seed(cfg.seed)
+    model = build(spec).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    warmup = needs_warmup(spec.depth) if cfg.warmup is None else cfg.warmup
+    schedule = StepSchedule(cfg.lr, milestones, cfg.gamma,
+                            cfg.warmup_lr if warmup else None, cfg.warmup_until_error)
+
+    # ---- resume ------------------------------------------------------------------------
+    start, best_error, acc = 0, None, [0.0, 0.0, 0.0]  # acc: loss sum, wrong, images
+    metrics_path = out / "metrics.jsonl"
+    last_path = out / "last.pt"
+    if last_path.exists() and not cfg.resume:
+        raise ReslabError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
+                          "or choose another --out")
+    records: list[dict] = []
+    if cfg.resume and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        if ckpt["model_spec"] != spec.to_dict():
+            raise ReslabError(f"{last_path} is a {ckpt['model_spec']['name']} run, not "
+                              f"{spec.name}: resume with the same --model and data")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start = int(ckpt["iteration"])
+        schedule.warming_up = bool(ckpt["warming_up"])
+        best_error = ckpt.get("best_error")
+        acc = list(ckpt.get("interval", acc))
+        records = read_metrics(metrics_path, upto=start)
+
+    train_model: nn.Module = model
+    if world.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    batches = TensorBatches(data.train, preprocess, cfg.batch_size, device, cfg.seed, cfg.pad,
+                            world)
+    eval_images = eval_split.images.to(device) if device.type != "cpu" else eval_split.images
+    eval_labels = eval_split.labels.to(device) if device.type != "cpu" else eval_split.labels
+    shard = slice(world.rank, None, world.size)
+
+    run_info = {
+        "config": cfg.to_dict(), "model_spec": spec.to_dict(), "iterations": iterations,
+        "milestones": list(milestones), "eval_every": eval_every, "warmup": warmup,
+        "precision": "bf16" if autocast_dtype else "fp32", "channels_last": channels_last,
+        "world_size": world.size, "eval_split": eval_name,
+        "data": {"name": data.name, "classes": data.classes, "train": len(data.train),
+                 "eval": len(eval_split)},
+        "versions": versions(), "machine": machine_info(device),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from": start,
+        "command": " ".join(sys.argv),
+    }
+    writer = None
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "run.json", run_info)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(log_dir=str(out))
+            except ImportError:
+                writer = None
+
+    def checkpoint(path: Path, iteration: int) -> None:
+        save_checkpoint(
+            path, model_spec=spec.to_dict(), model=model.state_dict(),
+            preprocess=preprocess.to_dict(), classes=list(data.classes), iteration=iteration,
+            optimizer=optimizer.state_dict(), warming_up=schedule.warming_up,
+            best_error=best_error, interval=list(acc), config=cfg.to_dict(),
+        )
+
+    progress = None
+    if cfg.progress and world.is_main:
+        from tqdm import tqdm
+
+        progress = tqdm(total=iterations, initial=start, desc=spec.name, unit="it",
+                        dynamic_ncols=True, file=sys.stderr)
+
+    # ---- the loop ------------------------------------------------------------------------
+    it = start
+    status = "finished"
+    dev_loss = torch.zeros((), device=device)
+    dev_wrong = torch.zeros((), device=device, dtype=torch.long)
+    dev_n = 0
+    train_time, interval_images, t_mark = 0.0, 0, time.perf_counter()
+    model.train()
+    with stop_requests() as stop:
+        while it < iterations:
+            if stop["signal"] is not None:
+                status = "interrupted"
+                break
+            lr = schedule.lr(it)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = batches.batch(it)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                enabled=autocast_dtype is not None):
+                logits = train_model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            dev_loss += loss.detach() * y.numel()
+            dev_wrong += (logits.detach().argmax(1) != y).sum()
+            dev_n += y.numel()
+            it += 1
+            evaluate_now = it % eval_every == 0 or it == iterations
+            if it % cfg.log_every == 0 or evaluate_now or (schedule.warming_up and it % 10 == 0):
+                loss_sum, wrong, n = all_reduce_sum(
+                    [float(dev_loss), float(dev_wrong), float(dev_n)], world, device)
+                if not math.isfinite(loss_sum):
+                    raise ReslabError(
+                        f"training loss became {loss_sum} before iteration {it}; stopped. "
+                        f"The last good checkpoint is {last_path if last_path.exists() else 'none'}"
+                        ". Try a lower --lr (or warm-up)."
+                    )
+                acc = [acc[0] + loss_sum, acc[1] + wrong, acc[2] + n]
+                now = time.perf_counter()
+                train_time += now - t_mark
+                interval_images += n
+                if schedule.observe_train_error(wrong / n) and progress is not None:
+                    progress.write(f"warm-up ended at iteration {it} "
+                                   f"(training error {100 * wrong / n:.1f}% < "
+                                   f"{100 * cfg.warmup_until_error:.0f}%)")
+                if progress is not None:
+                    progress.update(it - progress.n)
+                    progress.set_postfix(loss=f"{loss_sum / n:.3f}", err=f"{100 * wrong / n:.1f}%",
+                                         lr=f"{lr:g}", ips=f"{n / max(now - t_mark, 1e-9):.0f}")
+                dev_loss.zero_()
+                dev_wrong.zero_()
+                dev_n = 0
+                t_mark = time.perf_counter()
+            if evaluate_now:
+                result = evaluate_tensors(
+                    model, eval_images[shard], eval_labels[shard], preprocess,
+                    cfg.eval_batch_size, device, autocast_dtype, channels_last)
+                n_eval = result.images
+                sums = all_reduce_sum([result.loss * n_eval, result.top1_error * n_eval,
+                                       result.top5_error * n_eval, n_eval], world, device)
+                record = {
+                    "iteration": it,
+                    "train_loss": acc[0] / max(acc[2], 1),
+                    "train_error": acc[1] / max(acc[2], 1),
+                    "test_loss": sums[0] / sums[3],
+                    "test_error": sums[1] / sums[3],
+                    "test_top5_error": sums[2] / sums[3],
+                    "lr": lr,
+                    "images_per_sec": interval_images / max(train_time, 1e-9),
+                    "elapsed": time.time() - t_start,
+                    "eval_split": eval_name,
+                }
+                records.append(record)
+                acc, train_time, interval_images = [0.0, 0.0, 0.0], 0.0, 0
+                if world.is_main:
+                    _write_metrics(metrics_path, records)
+                    if best_error is None or record["test_error"] < best_error:
+                        best_error = record["test_error"]
+                        checkpoint(out / "best.pt", it)
+                    checkpoint(last_path, it)
+                    if writer is not None:
+                        for key in ("train_loss", "train_error", "test_loss", "test_error",
+                                    "test_top5_error", "lr", "images_per_sec"):
+                            writer.add_scalar(key, record[key], it)
+                        writer.flush()
+                    plot_error_curves({spec.name: records}, out / "curves.png",
+                                      title=f"{spec.name} on {data.name}")
+                    if progress is not None:
+                        progress.write(
+                            f"iter {it}: train err {100 * record['train_error']:.2f}% "
+                            f"loss {record['train_loss']:.3f} | {eval_name} err "
+                            f"{100 * record['test_error']:.2f}% loss {record['test_loss']:.3f}"
+                            f" | {record['images_per_sec']:.0f} img/s")
+                barrier(world)
+                t_mark = time.perf_counter()  # evaluation time is not training time
+        if status == "interrupted" and world.is_main:
+            checkpoint(last_path, it)
+    if progress is not None:
+        progress.close()
+    if writer is not None:
+        writer.close()
+    wall = time.time() - t_start
+    if world.is_main:
+        run_info.update({"status": status, "finished_iteration": it, "wall_seconds": wall,
+                         "final": records[-1] if records else None, "best_error": best_error})
+        atomic_write_json(out / "run.json", run_info)
+    barrier(world)
+    return RunResult(out, it, iterations, status, records[-1] if records else None, best_error,
+                     wall)
