@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from torchvision.io import encode_jpeg
+from torchvision.transforms.v2 import functional as TF
 
 from reslab.data.imagenet import (
     IMAGENET_EIGVAL,
@@ -14,6 +15,7 @@ from reslab.data.imagenet import (
     ImageFolderDataset,
     Lighting,
     Normalize,
+    RandomScaleCrop,
     RandomShorterSideResize,
     ShardSampler,
     channel_mean_std,
@@ -22,6 +24,7 @@ from reslab.data.imagenet import (
     imagenet_loaders,
     imagenet_train_transform,
     pixel_mean,
+    scale_crop,
 )
 from reslab.errors import ReslabError
 from reslab.train.imagenet_recipe import IMAGENET_RECIPE, PlateauSchedule
@@ -46,17 +49,43 @@ def test_shorter_side_in_range_and_covers_it():
     assert seen == set(range(24, 37))  # both ends included, every size reachable
 
 
-def test_train_transform_sizes_dtype_and_flips():
+def _smooth(h: int = 30, w: int = 40) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    return (torch.stack([x, y, (x + y) / 2]) * 255).round().to(torch.uint8)
+
+
+def test_fused_scale_crop_matches_resize_then_crop():
+    g = torch.Generator().manual_seed(0)
+    img = _smooth()
+    for _ in range(100):
+        short = int(torch.randint(24, 37, (), generator=g))
+        r = TF.resize(img, [short], antialias=True)
+        top = int(torch.randint(0, r.shape[-2] - 19, (), generator=g))
+        left = int(torch.randint(0, r.shape[-1] - 19, (), generator=g))
+        want = TF.crop(r, top, left, 20, 20).float()
+        got = scale_crop(img, short, top, left, 20).float()
+        assert got.shape == (3, 20, 20)
+        # off by under one source pixel: the ramp rises 255/39 gray levels per pixel
+        assert (got - want).abs().mean() < 255 / 39
+    torch.manual_seed(0)
+    t = RandomScaleCrop((24, 36), 20)
+    assert all(t(_img(h, w)).shape == (3, 20, 20) for h, w in ((30, 40), (40, 30), (20, 20)))
+    with pytest.raises(ReslabError):
+        RandomScaleCrop((24, 36), 30)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_train_transform_sizes_dtype_and_flips(fused):
     torch.manual_seed(0)
     mean = torch.full((3, 20, 20), 0.5)
-    t = imagenet_train_transform(mean, scale=(24, 36), crop=20, lighting=0.1)
+    t = imagenet_train_transform(mean, scale=(24, 36), crop=20, lighting=0.1, fused=fused)
     out = t(_img())
     assert out.shape == (3, 20, 20) and out.dtype == torch.float32
     assert -0.8 < float(out.min()) and float(out.max()) < 0.8  # mean-subtracted [0,1] + noise
 
     # flips happen, about half the time: a left-right ramp decides the direction
     ramp = torch.arange(40, dtype=torch.uint8).mul(6).expand(3, 30, 40).contiguous()
-    geo = imagenet_train_transform(scale=(30, 30), crop=20, to_float=False)
+    geo = imagenet_train_transform(scale=(30, 30), crop=20, to_float=False, fused=fused)
     flips = 0
     for _ in range(200):
         out = geo(ramp)

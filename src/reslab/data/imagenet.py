@@ -109,6 +109,52 @@ class RandomShorterSideResize(v2.RandomResize):
         self.scale = (lo, hi)
 
 
+def scale_crop(img: torch.Tensor, short: int, top: int, left: int, crop: int) -> torch.Tensor:
+    """`crop(resize(img, [short]), top, left, crop, crop)` computed as crop-then-resize:
+    the source box that the crop covers is cut out and resized to crop x crop, so only
+    crop^2 output pixels are interpolated instead of the whole rescaled image. Equal to
+    the resize-then-crop result up to rounding the box to whole source pixels (a shift
+    or stretch of under one source pixel) and the filter's support at the box edges.
+    """
+    h, w = img.shape[-2:]
+    s = short / min(h, w)
+    size = max(1, round(crop / s))
+    t = min(max(0, round(top / s)), max(0, h - size))
+    lft = min(max(0, round(left / s)), max(0, w - size))
+    return TF.resized_crop(img, t, lft, min(size, h), min(size, w), [crop, crop], antialias=True)
+
+
+class RandomScaleCrop(v2.Transform):
+    """Scale augmentation + random crop (Sec. 3.4) fused: the same distribution of crops
+    as `RandomShorterSideResize(scale)` followed by `RandomCrop(crop)` (shorter side
+    uniform in [scale], crop position uniform over the rescaled image), but computed by
+    `scale_crop` (crop first, then resize only the crop): about 2x faster on ImageNet-size
+    images. Use `fused=False` in `imagenet_train_transform` for the literal two steps.
+    """
+
+    def __init__(self, scale: tuple[int, int] = (256, 480), crop: int = 224) -> None:
+        super().__init__()
+        lo, hi = int(scale[0]), int(scale[1])
+        if not 0 < lo <= hi or crop > lo:
+            raise ReslabError(
+                f"need 0 < min <= max and crop <= min, got scale={scale}, crop={crop}"
+            )
+        self.scale, self.crop = (lo, hi), int(crop)
+
+    def make_params(self, flat_inputs: list) -> dict:
+        h, w = v2.query_size(flat_inputs)
+        short = int(torch.randint(self.scale[0], self.scale[1] + 1, ()))
+        # the rescaled size exactly as torchvision's resize(img, [short]) computes it
+        long = int(short * max(h, w) / min(h, w))
+        rh, rw = (short, long) if h <= w else (long, short)
+        top = int(torch.randint(0, rh - self.crop + 1, ()))
+        left = int(torch.randint(0, rw - self.crop + 1, ()))
+        return dict(short=short, top=top, left=left)
+
+    def transform(self, inpt, params: dict):
+        return scale_crop(inpt, params["short"], params["top"], params["left"], self.crop)
+
+
 class Normalize(nn.Module):
     """Subtract the training mean (and divide by std) from float images in [0, 1].
 
@@ -171,6 +217,7 @@ def imagenet_train_transform(
     crop: int = 224,
     lighting: float = 0.1,
     to_float: bool = True,
+    fused: bool = True,
 ) -> v2.Compose:
     """Training augmentation of Sec. 3.4, on a decoded uint8 (3, H, W) tensor.
 
@@ -178,9 +225,14 @@ def imagenet_train_transform(
     [0, 1] -> PCA lighting (alphastd `lighting`, 0 disables) -> subtract mean [/ std].
     With `to_float=False` it stops after the flip and returns uint8 crops: then apply
     `imagenet_batch_transform` to whole batches on the training device (4x less data
-    through the loader and host-to-device copy).
+    through the loader and host-to-device copy). `fused` (default) does the resize and
+    the crop as one `RandomScaleCrop` (crop first, resize only the crop); `fused=False`
+    runs `RandomShorterSideResize` then `v2.RandomCrop` literally.
     """
-    geometric = [RandomShorterSideResize(scale), v2.RandomCrop(crop), v2.RandomHorizontalFlip()]
+    if fused:
+        geometric = [RandomScaleCrop(scale, crop), v2.RandomHorizontalFlip()]
+    else:
+        geometric = [RandomShorterSideResize(scale), v2.RandomCrop(crop), v2.RandomHorizontalFlip()]
     if not to_float:
         return v2.Compose(geometric)
     return v2.Compose(geometric + list(imagenet_batch_transform(mean, std, lighting).transforms))
