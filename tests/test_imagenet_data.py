@@ -211,3 +211,21 @@ def test_recipe_values_and_plateau():
     for err in (0.5, 0.4, 0.4, 0.4):
         sched.step(err)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_loaders_distributed_single_process(tmp_path):
+    import torch.distributed as dist
+    from torch.utils.data import DistributedSampler
+
+    root = _make_folder(tmp_path / "imnet")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1)
+    try:
+        train, val = imagenet_loaders(root, batch_size=2, workers=0, distributed=True, seed=3,
+                                      mean=[0.5] * 3, scale=(24, 36), crop=20, val_resize=24)
+        assert isinstance(train.sampler, DistributedSampler) and train.sampler.seed == 3
+        train.sampler.set_epoch(1)
+        assert sum(x.shape[0] for x, _ in train) == 6
+        assert isinstance(val.sampler, ShardSampler) and len(val.sampler) == 6
+    finally:
+        dist.destroy_process_group()
