@@ -158,7 +158,13 @@ def _decode_all(
     out: dict = {"format": CACHE_FORMAT, "classes": classes, "skipped": [], "test_name": test_name}
     shape: tuple[int, ...] | None = None
     first_name = ""
-    with tqdm(total=total, desc=f"decoding {source.name}", unit="img", disable=not progress) as bar:
+    with (
+        tqdm(total=total, desc=f"decoding {source.name}", unit="img", disable=not progress) as bar,
+        warnings.catch_warnings(),
+    ):
+        # torchvision 0.29 deprecates its decoders (in favour of TorchCodec) with one
+        # warning per call; they still work, so keep that noise out of the user's way.
+        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
         for split in want:
             items = sorted(by_split[split], key=lambda t: (class_index[t[0]], t[1]))
             images: torch.Tensor | None = None

@@ -32,17 +32,17 @@ def _make_split(
     labels = labels[torch.randperm(n, generator=g)]
     x = templates[labels]
     if max_shift:
+        # Shift each image cyclically by up to max_shift pixels: one roll per distinct
+        # shift (at most (2 * max_shift + 1) ** 2 of them), not one per image.
         shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=g)
-        # Roll each image by its shift with one gather (cyclic shift).
-        size = x.shape[-1]
-        ar = torch.arange(size)
-        rows = (ar[None, :] - shifts[:, :1]) % size
-        cols = (ar[None, :] - shifts[:, 1:]) % size
-        x = x[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-        x = x.permute(0, 3, 1, 2)
+        code = (shifts[:, 0] + max_shift) * (2 * max_shift + 1) + (shifts[:, 1] + max_shift)
+        for c in code.unique().tolist():
+            dy, dx = divmod(c, 2 * max_shift + 1)
+            idx = (code == c).nonzero().squeeze(1)
+            x[idx] = x[idx].roll((dy - max_shift, dx - max_shift), dims=(2, 3))
     contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=g)
-    x = x * contrast + noise * torch.randn(x.shape, generator=g)
-    images = (128 + 40 * x).round().clamp(0, 255).to(torch.uint8).contiguous()
+    x = x.mul_(contrast).add_(torch.randn(x.shape, generator=g), alpha=noise)
+    images = x.mul_(40).add_(128).round_().clamp_(0, 255).to(torch.uint8).contiguous()
     return ImageSplit(images, labels.to(torch.int64))
 
 
