@@ -227,8 +227,9 @@ def evaluate_imagenet(
 
     `data` is a Dataset of `(image, label)` or an iterable (DataLoader) of `(images,
     labels)` batches, where images are
-      * model-ready float batches (N, C, crop, crop), e.g. `imagenet_loaders`' val loader:
-        evaluated as they are (only with crops=1 and no scales), or
+      * float batches (N, C, crop, crop), e.g. `imagenet_loaders`' val loader: with
+        crops=1 and no scales, passed to the model as they are (after `normalize`, if
+        given: so pass float [0, 1] batches with it, model-ready ones without), or
       * uint8 (or float [0, 1]) images at their original size, (C, H, W) each (a Dataset
         such as `ImageFolderDataset(root / "val")`, or lists from a loader), or a
         same-size (N, C, H, W) uint8 batch; `normalize` (e.g. `reslab.data.imagenet.
@@ -262,9 +263,9 @@ def evaluate_imagenet(
         for images, labels in data:
             labels = torch.as_tensor(labels).to(device)
             if (isinstance(images, torch.Tensor) and images.dim() == 4
-                    and images.is_floating_point() and scales is None and crops == 1
-                    and normalize is None):
-                scores = _scores(model, images.to(device, non_blocking=True), average)
+                    and images.is_floating_point() and scales is None and crops == 1):
+                x = images.to(device, non_blocking=True)
+                scores = _scores(model, normalize(x) if normalize is not None else x, average)
             elif scales is not None:
                 scores = torch.stack([
                     multiscale_logits(model, _as_float(img.to(device)), scales, flip,
