@@ -185,3 +185,15 @@ def test_bad_layouts(tmp_path):
         load_image_data(str(tmp_path / "junk.tar.gz"))
     with pytest.raises(ReslabError, match="synthetic"):
         load_image_data(str(tmp_path / "missing"))
+
+
+def test_tar_with_stray_files_first(tmp_path):
+    src = tmp_path / "src"
+    make_folder(src)
+    archive = tmp_path / "stray.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(src / "train" / "cat" / "000.png", arcname="preview.png")
+        for p in sorted(src.rglob("*")):
+            tf.add(p, arcname=p.relative_to(src).as_posix(), recursive=False)
+    data = load_image_data(str(archive), progress=False)
+    assert (len(data.train), len(data.test)) == (12, 6)

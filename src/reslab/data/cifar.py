@@ -214,7 +214,10 @@ def read_cifar_archive(archive: str | Path) -> ImageData:
         with tarfile.open(archive) as tf:
             found = _cifar_members(tf)
             if found is None:
-                raise ReslabError(f"{archive} holds no CIFAR python-format folder")
+                raise ReslabError(
+                    f"{archive} holds neither CIFAR python-format files nor an image folder "
+                    "(train/<class>/*, test/<class>/*)"
+                )
             kind, members = found
 
             def open_member(fname: str) -> BinaryIO:
@@ -258,7 +261,12 @@ def _unpack(archive: Path, kind: str, dest_dir: Path) -> Path:
                 assert src is not None
                 with open(tmp / base, "wb") as out:
                     shutil.copyfileobj(src, out)
-            os.replace(tmp, folder)
+            try:
+                os.replace(tmp, folder)
+            except OSError:
+                if not folder.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another process unpacked it first
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

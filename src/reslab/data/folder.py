@@ -105,8 +105,8 @@ def tar_looks_like_folder(archive: Path, max_members: int = 2000) -> bool:
     with tarfile.open(archive) as tf:
         for i, m in enumerate(tf):
             if m.isfile() and _is_image(m.name):
-                rel = _split_rel([p for p in m.name.split("/") if p not in ("", ".")])
-                return rel is not None
+                if _split_rel([p for p in m.name.split("/") if p not in ("", ".")]) is not None:
+                    return True
             if i >= max_members:
                 break
     return False
