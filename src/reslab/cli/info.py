@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = resolve(args.model, args.num_classes, args.shortcut,
                    False if args.torchvision_stride else None)
-    size = args.input or (224 if spec.family == "imagenet" else 32)
+    size = args.input if args.input is not None else (224 if spec.family == "imagenet" else 32)
     if size < 1:
         raise ReslabError(f"--input must be positive, got {size}")
     try:
