@@ -212,6 +212,7 @@ class _Evil:
         return (print, ("pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_unreadable_sources(tmp_path: Path) -> None:
     m = reslab.create_model("resnet20")
     with pytest.raises(ReslabError, match="not found"):
