@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             fc = state.get("fc.weight", state.get("linear.weight"))
             num_classes = int(fc.shape[0]) if fc is not None and fc.dim() == 2 else None
         stride = False if args.torchvision_stride else spec_d.get("stride_in_1x1")
-        spec = resolve(args.model, num_classes, args.shortcut, stride)
+        shortcut = args.shortcut or (spec_d.get("shortcut") if spec_d.get("residual") else None)
+        spec = resolve(args.model, num_classes, shortcut, stride)
         model = load_weights(build(spec), obj)
     spec = model.reslab_spec
     size = args.input if args.input is not None else (224 if spec.family == "imagenet" else 32)
