@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--milestones", type=int, nargs="+", default=None,
                    help="iterations where lr is divided by 10 (default: 50%% and 75%% of the run)")
+    p.add_argument("--lr-policy", choices=["step", "plateau"], default=None,
+                   help="step: /10 at the milestones (CIFAR default); plateau: /10 when the "
+                   "evaluation error stops falling (ImageNet default, Sec. 3.4)")
+    p.add_argument("--mean", choices=["per-pixel", "per-channel"], default=None,
+                   help="mean subtraction (default per-pixel, as the paper)")
     p.add_argument("--warmup", dest="warmup", action="store_const", const=True, default=None,
                    help="warm up at lr 0.01 until training error < 80%% (default: 110+ layers)")
     p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False)
@@ -78,7 +83,8 @@ def config_from_args(args: argparse.Namespace):
         "resume": args.resume, "progress": args.progress, "warmup": args.warmup,
         "epochs": args.epochs,
     }
-    for flag in ("iterations", "batch_size", "lr", "momentum", "weight_decay"):
+    for flag in ("iterations", "batch_size", "lr", "momentum", "weight_decay", "lr_policy",
+                 "mean"):
         if getattr(args, flag) is not None:
             values[flag] = getattr(args, flag)
     if args.milestones is not None:
@@ -89,7 +95,7 @@ def config_from_args(args: argparse.Namespace):
         from reslab.train.imagenet_recipe import imagenet_overrides
 
         for k, v in imagenet_overrides().items():
-            if k not in values or getattr(args, k, None) is None:
+            if values.get(k) is None:  # flags the user did not set
                 values[k] = v
     cfg = TrainConfig(**values)
     cfg.validate()

@@ -84,3 +84,13 @@ class PlateauSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.scheduler.load_state_dict(state)
+
+
+def imagenet_overrides() -> dict:
+    """TrainConfig values of the ImageNet recipe (for `reslab train --recipe imagenet`)."""
+    r = IMAGENET_RECIPE
+    return {"batch_size": r.batch_size, "lr": r.lr, "momentum": r.momentum,
+            "weight_decay": r.weight_decay, "iterations": r.max_iterations,
+            "lr_policy": r.lr_policy, "plateau_patience": r.plateau_patience,
+            "plateau_threshold": r.plateau_threshold, "eval_every": r.eval_every,
+            "eval_batch_size": 100}

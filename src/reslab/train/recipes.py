@@ -33,12 +33,15 @@ class TrainConfig:
     weight_decay: float = 1e-4
     milestones: tuple[int, ...] | None = None  # None: 32k/48k of 64k, scaled to `iterations`
     gamma: float = 0.1
+    lr_policy: str = "step"  # step (fixed milestones) or plateau (/10 when eval error stalls)
+    plateau_patience: int = 5  # evaluations without improvement before lr /= 10
+    plateau_threshold: float = 1e-3
     warmup: bool | None = None  # None: on for nets of >= 110 layers, as the paper
     warmup_lr: float = 0.01
     warmup_until_error: float = 0.8
     # augmentation (Sec. 4.2)
     pad: int = 4
-    flip: bool = True
+    mean: str = "per-pixel"  # per-pixel (the paper) or per-channel mean subtraction
     # evaluation and outputs
     eval_every: int | None = None  # None: about 20 evaluations per run, at most every 1000
     eval_batch_size: int = 1000
@@ -85,6 +88,8 @@ class TrainConfig:
             (self.precision in ("auto", "fp32", "bf16"), "--precision must be auto, fp32 or bf16"),
             (self.pad >= 0, "--pad must be >= 0"),
             (self.recipe in ("cifar", "imagenet"), "--recipe must be cifar or imagenet"),
+            (self.lr_policy in ("step", "plateau"), "--lr-policy must be step or plateau"),
+            (self.mean in ("per-pixel", "per-channel"), "--mean must be per-pixel or per-channel"),
         ]
         for ok, msg in checks:
             if not ok:

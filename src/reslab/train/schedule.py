@@ -55,7 +55,48 @@ class StepSchedule:
             return True
         return False
 
+    def after_eval(self, error: float) -> None:
+        """Fixed milestones: evaluations do not change the schedule."""
+
+    def state_dict(self) -> dict:
+        return {"warming_up": self.warming_up}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.warming_up = bool(state["warming_up"])
+
 
 def needs_warmup(depth: int) -> bool:
     """The paper warms up ResNet-110 and ResNet-1202 (Sec. 4.2): nets of 110 layers or more."""
     return depth >= 110
+
+
+class PlateauStepSchedule:
+    """lr divided by 10 when the evaluation error plateaus (ImageNet, Sec. 3.4).
+
+    Torch's ReduceLROnPlateau (through `reslab.train.imagenet_recipe.PlateauSchedule`)
+    owns the optimizer's lr; `lr()` reads it back so the loop treats both schedules alike.
+    """
+
+    warming_up = False
+
+    def __init__(self, optimizer, patience: int, threshold: float, gamma: float = 0.1) -> None:
+        from reslab.train.imagenet_recipe import PlateauSchedule
+
+        self.optimizer = optimizer
+        self.plateau = PlateauSchedule(optimizer, patience=patience, threshold=threshold,
+                                       factor=gamma)
+
+    def lr(self, iteration: int) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def observe_train_error(self, error: float) -> bool:
+        return False
+
+    def after_eval(self, error: float) -> None:
+        self.plateau.step(error)
+
+    def state_dict(self) -> dict:
+        return {"plateau": self.plateau.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plateau.load_state_dict(state["plateau"])

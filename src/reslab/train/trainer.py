@@ -28,12 +28,11 @@ from torch import nn
 from reslab.analysis.curves import plot_error_curves
 from reslab.atomic_write import atomic_write_json, atomic_write_text
 from reslab.errors import ReslabError
-from reslab.evaluate import evaluate_tensors
 from reslab.models.registry import build, resolve
 from reslab.train.checkpoint import load_checkpoint, save_checkpoint
 from reslab.train.distributed import World, all_reduce_sum, barrier, init_world
 from reslab.train.recipes import TrainConfig, resolved_milestones
-from reslab.train.schedule import StepSchedule, needs_warmup
+from reslab.train.schedule import PlateauStepSchedule, StepSchedule, needs_warmup
 
 
 @dataclass
@@ -90,47 +89,6 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
-
-
-class TensorBatches:
-    """Training batches from a split kept on the device as uint8 (airbench style).
-
-    Each epoch is a permutation seeded by (seed, epoch); batch `iteration` is a pure
-    function of (seed, iteration), and in a world of W ranks each rank takes every W-th
-    image of the global batch. Augmentation: per-pixel mean subtracted, 4-pixel zero
-    pad, random crop, random flip, on whole batches (Sec. 4.2).
-    """
-
-    def __init__(self, split, preprocess, batch_size: int, device: torch.device, seed: int,
-                 pad: int, world: World) -> None:
-        self.images = split.images.to(device)
-        self.labels = split.labels.to(device)
-        self.batch_size = batch_size
-        self.steps_per_epoch = len(split) // batch_size
-        if self.steps_per_epoch < 1:
-            raise ReslabError(
-                f"--batch-size {batch_size} is larger than the training set ({len(split)} images)"
-            )
-        if batch_size % world.size:
-            raise ReslabError(f"--batch-size {batch_size} must divide by the {world.size} ranks")
-        self.preprocess, self.device, self.seed, self.pad, self.world = (
-            preprocess, device, seed, pad, world)
-        self._epoch, self._perm = -1, None
-        self.generator = torch.Generator(device=device)
-
-    def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from reslab.data.augment import random_crop_flip
-
-        epoch, step = divmod(iteration, self.steps_per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(len(self.labels), generator=g).to(self.device)
-            self._epoch = epoch
-        idx = self._perm[step * self.batch_size : (step + 1) * self.batch_size]
-        idx = idx[self.world.rank :: self.world.size]
-        x = self.preprocess(self.images[idx])
-        self.generator.manual_seed((self.seed * 1_000_003 + iteration) * 64 + self.world.rank)
-        return random_crop_flip(x, self.pad, generator=self.generator), self.labels[idx]
 
 
 @contextmanager
@@ -194,16 +152,46 @@ def _write_metrics(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+def _run_model(autocast_dtype: torch.dtype | None, channels_last: bool, device: torch.device):
+    def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            return model(x)
+
+    return run
+
+
+def _make_source(cfg: TrainConfig, data, device: torch.device, world: World, ckpt: dict | None):
+    """The batch source of the recipe: device tensors (CIFAR) or an image folder (ImageNet)."""
+    from reslab.train.sources import FolderSource, TensorSource
+
+    if cfg.recipe == "imagenet":
+        mean = ckpt["preprocess"]["mean"] if ckpt else None
+        return FolderSource(cfg.data, cfg.batch_size, device, cfg.seed, world,
+                            int(cfg.extra.get("workers", min(8, os.cpu_count() or 1))), mean,
+                            cfg.mean)
+    from reslab.data import Preprocess, load_image_data, per_channel_mean_std, per_pixel_mean
+
+    if data is None:
+        data = load_image_data(cfg.data, root=cfg.data_root, val_split=cfg.val_split,
+                               seed=cfg.seed, skip_corrupt=cfg.skip_corrupt,
+                               progress=cfg.progress and world.is_main)
+    if cfg.mean == "per-channel":
+        preprocess = Preprocess(per_channel_mean_std(data.train.images)[0])
+    else:  # the paper: per-pixel mean of the training images
+        preprocess = Preprocess(per_pixel_mean(data.train.images))
+    return TensorSource(data, preprocess, cfg.batch_size, device, cfg.seed, cfg.pad, world)
+
+
 def train(cfg: TrainConfig, data=None) -> RunResult:
     """Train `cfg.model` on `cfg.data` with the recipe in `cfg`; outputs go to `cfg.out`.
 
     `data` may be a pre-loaded `reslab.data.ImageData` (experiments share one load).
+    Launched by `torchrun`, every process runs this; rank 0 writes the outputs.
     """
     cfg.validate()
-    if cfg.recipe == "imagenet":
-        from reslab.train.imagenet_trainer import train_imagenet
-
-        return train_imagenet(cfg)
     t_start = time.time()
     device = pick_device(cfg.device)
     world = init_world(device.type)
@@ -214,26 +202,24 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
     channels_last = cfg.channels_last
     if channels_last is None:  # faster for oneDNN (CPU) and cuDNN convolutions
         channels_last = device.type in ("cuda", "cpu")
+    run_model = _run_model(autocast_dtype, channels_last, device)
     out = Path(cfg.out)
+    metrics_path, last_path = out / "metrics.jsonl", out / "last.pt"
+    if last_path.exists() and not cfg.resume:
+        raise ReslabError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
+                          "or choose another --out")
+    ckpt = load_checkpoint(last_path) if cfg.resume and last_path.exists() else None
 
-    # ---- data: uint8 tensors, the paper's per-pixel mean --------------------------------
-    from reslab.data import Preprocess, load_image_data, per_pixel_mean
-
-    if data is None:
-        data = load_image_data(cfg.data, root=cfg.data_root, val_split=cfg.val_split,
-                               seed=cfg.seed, skip_corrupt=cfg.skip_corrupt,
-                               progress=cfg.progress and world.is_main)
-    eval_split = data.val if data.val is not None else data.test
-    eval_name = "val" if data.val is not None else "test"
-    preprocess = Preprocess(per_pixel_mean(data.train.images))
+    # ---- data ------------------------------------------------------------------------------
+    source = _make_source(cfg, data, device, world, ckpt)
     iterations = cfg.iterations
     if cfg.epochs is not None:
-        iterations = max(1, math.ceil(cfg.epochs * len(data.train) / cfg.batch_size))
+        iterations = max(1, math.ceil(cfg.epochs * source.train_size / cfg.batch_size))
     milestones = resolved_milestones(cfg, iterations)
     eval_every = cfg.eval_every or max(1, min(1000, iterations // 20))
 
-    # ---- model and optimizer -----------------------------------------------------------
-    spec = resolve(cfg.model, len(data.classes), cfg.shortcut)
+    # ---- model, optimizer, schedule ----------------------------------------------------------
+    spec = resolve(cfg.model, len(source.classes), cfg.shortcut)
     torch.manual_seed(cfg.seed)
     model = build(spec).to(device)
     if channels_last:
@@ -241,26 +227,24 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     warmup = needs_warmup(spec.depth) if cfg.warmup is None else cfg.warmup
-    schedule = StepSchedule(cfg.lr, milestones, cfg.gamma,
-                            cfg.warmup_lr if warmup else None, cfg.warmup_until_error)
+    if cfg.lr_policy == "plateau":
+        schedule = PlateauStepSchedule(optimizer, cfg.plateau_patience, cfg.plateau_threshold,
+                                       cfg.gamma)
+    else:
+        schedule = StepSchedule(cfg.lr, milestones, cfg.gamma,
+                                cfg.warmup_lr if warmup else None, cfg.warmup_until_error)
 
-    # ---- resume ------------------------------------------------------------------------
+    # ---- resume ------------------------------------------------------------------------------
     start, best_error, acc = 0, None, [0.0, 0.0, 0.0]  # acc: loss sum, wrong, images
-    metrics_path = out / "metrics.jsonl"
-    last_path = out / "last.pt"
-    if last_path.exists() and not cfg.resume:
-        raise ReslabError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
-                          "or choose another --out")
     records: list[dict] = []
-    if cfg.resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
+    if ckpt is not None:
         if ckpt["model_spec"] != spec.to_dict():
             raise ReslabError(f"{last_path} is a {ckpt['model_spec']['name']} run, not "
                               f"{spec.name}: resume with the same --model and data")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
         start = int(ckpt["iteration"])
-        schedule.warming_up = bool(ckpt["warming_up"])
         best_error = ckpt.get("best_error")
         acc = list(ckpt.get("interval", acc))
         records = read_metrics(metrics_path, upto=start)
@@ -272,19 +256,14 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
     if cfg.compile:
         train_model = torch.compile(train_model)
 
-    batches = TensorBatches(data.train, preprocess, cfg.batch_size, device, cfg.seed, cfg.pad,
-                            world)
-    eval_images = eval_split.images.to(device) if device.type != "cpu" else eval_split.images
-    eval_labels = eval_split.labels.to(device) if device.type != "cpu" else eval_split.labels
-    shard = slice(world.rank, None, world.size)
-
     run_info = {
         "config": cfg.to_dict(), "model_spec": spec.to_dict(), "iterations": iterations,
-        "milestones": list(milestones), "eval_every": eval_every, "warmup": warmup,
+        "milestones": list(milestones) if cfg.lr_policy == "step" else None,
+        "eval_every": eval_every, "warmup": warmup,
         "precision": "bf16" if autocast_dtype else "fp32", "channels_last": channels_last,
-        "world_size": world.size, "eval_split": eval_name,
-        "data": {"name": data.name, "classes": data.classes, "train": len(data.train),
-                 "eval": len(eval_split)},
+        "world_size": world.size, "eval_split": source.eval_name,
+        "data": {"name": source.name, "classes": source.classes, "train": source.train_size,
+                 "eval": source.eval_size},
         "versions": versions(), "machine": machine_info(device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from": start,
         "command": " ".join(sys.argv),
@@ -304,9 +283,10 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
     def checkpoint(path: Path, iteration: int) -> None:
         save_checkpoint(
             path, model_spec=spec.to_dict(), model=model.state_dict(),
-            preprocess=preprocess.to_dict(), classes=list(data.classes), iteration=iteration,
-            optimizer=optimizer.state_dict(), warming_up=schedule.warming_up,
-            best_error=best_error, interval=list(acc), config=cfg.to_dict(),
+            preprocess=source.preprocess.to_dict(), classes=source.classes,
+            iteration=iteration, optimizer=optimizer.state_dict(),
+            schedule=schedule.state_dict(), best_error=best_error, interval=list(acc),
+            config=cfg.to_dict(), world_size=world.size,
         )
 
     progress = None
@@ -316,7 +296,7 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
         progress = tqdm(total=iterations, initial=start, desc=spec.name, unit="it",
                         dynamic_ncols=True, file=sys.stderr)
 
-    # ---- the loop ------------------------------------------------------------------------
+    # ---- the loop ----------------------------------------------------------------------------
     it = start
     status = "finished"
     dev_loss = torch.zeros((), device=device)
@@ -332,13 +312,9 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
             lr = schedule.lr(it)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = batches.batch(it)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
-                                enabled=autocast_dtype is not None):
-                logits = train_model(x)
-                loss = F.cross_entropy(logits.float(), y)
+            x, y = source.batch(it)
+            logits = run_model(train_model, x)
+            loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -348,6 +324,7 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
             it += 1
             evaluate_now = it % eval_every == 0 or it == iterations
             if it % cfg.log_every == 0 or evaluate_now or (schedule.warming_up and it % 10 == 0):
+                # One host sync per log interval, not per iteration (keeps GPUs busy).
                 loss_sum, wrong, n = all_reduce_sum(
                     [float(dev_loss), float(dev_wrong), float(dev_n)], world, device)
                 if not math.isfinite(loss_sum):
@@ -373,12 +350,11 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
                 dev_n = 0
                 t_mark = time.perf_counter()
             if evaluate_now:
-                result = evaluate_tensors(
-                    model, eval_images[shard], eval_labels[shard], preprocess,
-                    cfg.eval_batch_size, device, autocast_dtype, channels_last)
-                n_eval = result.images
-                sums = all_reduce_sum([result.loss * n_eval, result.top1_error * n_eval,
-                                       result.top5_error * n_eval, n_eval], world, device)
+                was_training = model.training
+                model.eval()
+                sums = all_reduce_sum(source.evaluate(model, cfg.eval_batch_size, run_model),
+                                      world, device)
+                model.train(was_training)
                 record = {
                     "iteration": it,
                     "train_loss": acc[0] / max(acc[2], 1),
@@ -389,9 +365,10 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
                     "lr": lr,
                     "images_per_sec": interval_images / max(train_time, 1e-9),
                     "elapsed": time.time() - t_start,
-                    "eval_split": eval_name,
+                    "eval_split": source.eval_name,
                 }
                 records.append(record)
+                schedule.after_eval(record["test_error"])
                 acc, train_time, interval_images = [0.0, 0.0, 0.0], 0.0, 0
                 if world.is_main:
                     _write_metrics(metrics_path, records)
@@ -405,17 +382,18 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
                             writer.add_scalar(key, record[key], it)
                         writer.flush()
                     plot_error_curves({spec.name: records}, out / "curves.png",
-                                      title=f"{spec.name} on {data.name}")
+                                      title=f"{spec.name} on {source.name}")
                     if progress is not None:
                         progress.write(
                             f"iter {it}: train err {100 * record['train_error']:.2f}% "
-                            f"loss {record['train_loss']:.3f} | {eval_name} err "
+                            f"loss {record['train_loss']:.3f} | {source.eval_name} err "
                             f"{100 * record['test_error']:.2f}% loss {record['test_loss']:.3f}"
                             f" | {record['images_per_sec']:.0f} img/s")
                 barrier(world)
                 t_mark = time.perf_counter()  # evaluation time is not training time
         if status == "interrupted" and world.is_main:
             checkpoint(last_path, it)
+    source.close()
     if progress is not None:
         progress.close()
     if writer is not None:
