@@ -11,7 +11,7 @@ import importlib
 import sys
 
 #: subcommand modules under reslab.cli, in `--help` order.
-COMMANDS = ("models", "info", "train", "eval", "predict", "export")
+COMMANDS = ("models", "info", "train", "eval", "predict", "export", "reproduce", "responses")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,212 @@
+"""What every experiment writes into DIR: results.json and report.md (figures embedded
+by relative path, the setup stated, the measured numbers next to the paper's)."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reslab.atomic_write import atomic_write_bytes, atomic_write_json, atomic_write_text
+from reslab.experiments.sweep import RunOutcome, Settings
+
+
+@dataclass
+class Report:
+    """An experiment's contribution to the outputs: a title, markdown sections, the
+    plain-language findings, figure file names and extra results.json fields."""
+
+    title: str
+    body: str
+    findings: list[str]
+    figures: list[str] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    per_run: dict[str, dict] = field(default_factory=dict)  # label -> extra fields
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage, or 'n/a'."""
+    return "n/a" if x is None else f"{100 * x:.{digits}f}"
+
+
+def final(o: RunOutcome, key: str) -> float | None:
+    """The last record's value of `key` (a fraction), or None."""
+    return o.records[-1].get(key) if o.records else None
+
+
+def best_test(o: RunOutcome) -> float | None:
+    errs = [r["test_error"] for r in o.records if r.get("test_error") is not None]
+    return min(errs) if errs else None
+
+
+def count_params(model: str, shortcut: str | None, num_classes: int) -> int:
+    from reslab.analysis.complexity import count_parameters
+    from reslab.models.registry import create_model
+
+    return count_parameters(create_model(model, num_classes, shortcut))
+
+
+def run_summary(o: RunOutcome, num_classes: int) -> dict:
+    """The per-run fields of results.json (errors in %)."""
+    ft, fe, be = final(o, "train_error"), final(o, "test_error"), best_test(o)
+    spec = o.info.get("model_spec", {})
+    return {
+        "label": o.label, "model": o.cfg.model, "shortcut": spec.get("shortcut"),
+        "seed": o.cfg.seed, "params": count_params(o.cfg.model, o.cfg.shortcut, num_classes),
+        "final_train_error": None if ft is None else 100 * ft,
+        "final_test_error": None if fe is None else 100 * fe,
+        "best_test_error": None if be is None else 100 * be,
+        "iterations": o.info.get("finished_iteration", o.cfg.iterations),
+        "wall_seconds": o.info.get("wall_seconds"),
+        "reused": o.skipped, "folder": str(Path("runs") / o.label),
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def environment(outcomes: Sequence[RunOutcome]) -> dict:
+    """Machine and versions, from the runs' run.json (the first run that has them)."""
+    for o in outcomes:
+        if o.info.get("machine"):
+            m = o.info["machine"]
+            return {"machine": m, "versions": o.info.get("versions", {}),
+                    "device": m.get("gpu") or m.get("cpu") or m.get("device", "unknown")}
+    import torch
+
+    return {"machine": {}, "versions": {"torch": torch.__version__}, "device": "unknown"}
+
+
+def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], data,
+                  report: Report, started: float) -> Path:
+    """Write DIR/results.json and DIR/report.md; returns the report's path."""
+    wall = time.time() - started
+    env = environment(outcomes)
+    runs = []
+    for o in outcomes:
+        row = run_summary(o, len(data.classes))
+        row.update(report.per_run.get(o.label, {}))
+        runs.append(row)
+    train_wall = sum(r["wall_seconds"] or 0 for r in runs)
+    results = {
+        "experiment": experiment, "budget": s.budget, "iterations": s.iterations,
+        "seeds": s.seeds, "batch_size": s.batch_size,
+        "data": {"spec": s.data, "name": data.name, "train": len(data.train),
+                 "test": len(data.test), "classes": len(data.classes)},
+        "machine": env["machine"], "versions": env["versions"],
+        "wall_seconds": wall, "train_wall_seconds": train_wall, "errors_in": "percent",
+        "runs": runs, **report.results,
+    }
+    atomic_write_json(s.out / "results.json", results)
+    atomic_write_json(s.out / f"results-{experiment}.json", results)
+    reused = sum(o.skipped for o in outcomes)
+    lines = [
+        f"# {report.title}", "",
+        "Reproduction of He et al. 2015, *Deep Residual Learning for Image Recognition*, "
+        "with `reslab reproduce`.", "",
+        "## Setup", "",
+        f"- data: `{s.data}` ({data.name}: {len(data.train)} training, {len(data.test)} "
+        f"test images, {len(data.classes)} classes)",
+        f"- budget: {s.budget:g} x the paper's 64k iterations = {s.iterations} iterations "
+        f"per run, batch {s.batch_size}; learning-rate milestones scaled in proportion "
+        f"(paper: 64000 iterations, batch 128)",
+        f"- seeds: {s.seeds}",
+        f"- machine: {env['device']} ({env['machine'].get('device', '?')}), "
+        f"{env['machine'].get('platform', '')}",
+        f"- torch {env['versions'].get('torch', '?')}, reslab "
+        f"{env['versions'].get('reslab', '?')}",
+        f"- wall time: {wall:.0f} s for this command; {train_wall:.0f} s of training "
+        f"recorded in the runs ({reused} of {len(outcomes)} runs reused from earlier)",
+        "",
+    ]
+    for fig in report.figures:
+        lines += [f"![{fig}]({fig})", ""]
+    lines += [report.body.rstrip(), "", "## What this run shows", ""]
+    lines += [f"- {f}" for f in report.findings] or ["- (no comparison possible)"]
+    if s.budget < 1:
+        lines += ["", f"The runs are {s.budget:g} of the paper's length, so absolute errors "
+                  "are not comparable with the paper's; the comparisons above are between "
+                  "nets trained the same way."]
+    lines += ["", "Files: `results.json` (all numbers), `runs/<label>/` (run.json, "
+              "metrics.jsonl, curves.png, last.pt, best.pt, TensorBoard events).", ""]
+    others = sorted(p.name for p in s.out.glob("report-*.md")
+                    if p.name != f"report-{experiment}.md")
+    if others:
+        lines += ["Other experiments in this folder: "
+                  + ", ".join(f"[{n}]({n})" for n in others) + ".", ""]
+    text = "\n".join(lines)
+    # report.md is the latest experiment's; report-<experiment>.md stays when another
+    # experiment (e.g. figure7 after figure6) shares the folder and its runs.
+    atomic_write_text(s.out / f"report-{experiment}.md", text)
+    path = s.out / "report.md"
+    atomic_write_text(path, text)
+    return path
+
+
+def depth_of(o: RunOutcome) -> int:
+    from reslab.models.registry import resolve
+
+    return resolve(o.cfg.model).depth
+
+
+def depth_trend(outs: Sequence[RunOutcome], key: str, what: str, expect: str) -> str:
+    """One sentence: does the final `key` error go `expect` ("higher"/"lower") with depth
+    across `outs` (sorted by depth)?"""
+    vals = [(o.label, final(o, key)) for o in outs]
+    seq = ", ".join(f"{label} {pct(v)}%" for label, v in vals)
+    pairs = [(a, b) for (_, a), (_, b) in zip(vals, vals[1:], strict=False)
+             if a is not None and b is not None]
+    ok = sum(1 for a, b in pairs if (b > a if expect == "higher" else b < a))
+    if not pairs:
+        return f"{what}: {seq}"
+    if ok == len(pairs):
+        verdict = f"each deeper net ended with {expect} {what}"
+    elif ok == 0:
+        verdict = f"no deeper net ended with {expect} {what}"
+    else:
+        verdict = f"{ok} of {len(pairs)} steps in depth ended with {expect} {what}"
+    return f"{verdict} ({seq})"
+
+
+def degradation(shallow: RunOutcome, deep: RunOutcome) -> list[str]:
+    """Figure 1's claim, checked on the final training and test errors."""
+    out = []
+    for key, what in (("train_error", "training"), ("test_error", "test")):
+        a, b = final(shallow, key), final(deep, key)
+        if a is None or b is None:
+            continue
+        shows = b > a
+        out.append(f"{deep.label} ended with {'higher' if shows else 'lower or equal'} "
+                   f"{what} error than {shallow.label} ({pct(b)}% vs {pct(a)}%): the "
+                   f"degradation problem {'shows' if shows else 'does not show'} in "
+                   f"{what} error at this budget.")
+    return out
+
+
+def curve_table(outcomes: Sequence[RunOutcome]) -> str:
+    """Final training/test error and best test error (%) of each run."""
+    rows = [(o.label, pct(final(o, "train_error")), pct(final(o, "test_error")),
+             pct(best_test(o))) for o in outcomes]
+    return md_table(["net", "final train error %", "final test error %",
+                     "best test error %"], rows)

@@ -1,0 +1,163 @@
+"""Run a list of training runs for one experiment, skipping finished ones and resuming
+unfinished ones, with one shared data load (the experiments of Sec. 4.2 are many runs
+of the same recipe)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reslab.errors import ReslabError
+from reslab.train.recipes import TrainConfig
+from reslab.train.schedule import PAPER_ITERATIONS
+
+#: TrainConfig fields that do not change what a run computes; a finished run is reused
+#: whatever their values.
+ENGINE_FIELDS = ("resume", "progress", "device", "tensorboard")
+
+
+@dataclass
+class Settings:
+    """What `reslab reproduce` was asked for (shared by every experiment)."""
+
+    data: str
+    out: Path
+    budget: float = 1.0  # fraction of the paper's 64k iterations
+    seeds: int = 1
+    device: str = "auto"
+    batch_size: int = 128
+    eval_points: int = 40
+    models: list[str] | None = None  # restricts figure6 / table6 / figure7
+    with_1202: bool = False
+    with_plain110: bool = False
+    depth: int = 20  # shortcuts
+    data_root: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+
+    @property
+    def iterations(self) -> int:
+        return max(1, round(PAPER_ITERATIONS * self.budget))
+
+    def validate(self) -> None:
+        checks = [
+            (self.budget > 0, f"--budget must be > 0, got {self.budget}"),
+            (self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
+            (self.eval_points >= 1, f"--eval-points must be >= 1, got {self.eval_points}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ReslabError(msg)
+
+
+@dataclass
+class RunSpec:
+    """One training run of an experiment: a label (its folder under DIR/runs) and config."""
+
+    label: str
+    cfg: TrainConfig
+
+
+@dataclass
+class RunOutcome:
+    """A run after the sweep: its config, run.json, metrics records and whether it was
+    reused from an earlier invocation."""
+
+    label: str
+    cfg: TrainConfig
+    out: Path
+    info: dict
+    records: list[dict]
+    skipped: bool
+
+
+class SweepInterrupted(Exception):
+    """A run stopped on Ctrl-C/SIGTERM after saving its checkpoint."""
+
+    def __init__(self, label: str, iteration: int, iterations: int) -> None:
+        super().__init__(f"{label} stopped at iteration {iteration}/{iterations}")
+        self.label, self.iteration, self.iterations = label, iteration, iterations
+
+
+def make_config(s: Settings, label: str, model: str, seed: int = 0,
+                shortcut: str | None = None) -> RunSpec:
+    """The paper's CIFAR recipe scaled to `s.budget`, writing into DIR/runs/LABEL."""
+    iterations = s.iterations
+    cfg = TrainConfig(
+        model=model, shortcut=shortcut, data=s.data, data_root=s.data_root,
+        out=str(s.out / "runs" / label), iterations=iterations, batch_size=s.batch_size,
+        seed=seed, device=s.device, eval_every=max(1, iterations // s.eval_points),
+        progress=s.progress,
+    )
+    return RunSpec(label, cfg)
+
+
+def _comparable(config: dict) -> dict:
+    d = json.loads(json.dumps(config))
+    return {k: v for k, v in d.items() if k not in ENGINE_FIELDS}
+
+
+def _read_run_json(out: Path) -> dict | None:
+    path = out / "run.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReslabError(f"cannot read {path} ({e}): use another --out") from None
+
+
+def check_same_config(label: str, info: dict, cfg: TrainConfig) -> None:
+    """ReslabError if the run in cfg.out was made with other settings than `cfg`."""
+    saved, wanted = _comparable(info.get("config", {})), _comparable(cfg.to_dict())
+    if saved != wanted:
+        diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        details = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in diff)
+        raise ReslabError(f"{cfg.out} holds a {label} run made with other settings ({details}); "
+                          "use another --out for these settings")
+
+
+def is_finished(info: dict | None, cfg: TrainConfig) -> bool:
+    return (info is not None and info.get("status") == "finished"
+            and info.get("finished_iteration") == cfg.iterations)
+
+
+def run_sweep(runs: list[RunSpec], data, log: Callable[[str], None] | None = None
+              ) -> list[RunOutcome]:
+    """Train every run in order through `reslab.train.trainer.train` with the pre-loaded
+    `data`. A finished run with the same config is skipped; an unfinished one resumes from
+    its last.pt. Raises SweepInterrupted when a run was stopped (Ctrl-C), ReslabError when
+    a folder holds a run with other settings."""
+    from reslab.train import trainer
+    from reslab.train.trainer import read_metrics
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    for spec in runs:  # check every folder before spending time on any run
+        info = _read_run_json(Path(spec.cfg.out))
+        if info is not None:
+            check_same_config(spec.label, info, spec.cfg)
+    outcomes = []
+    for i, spec in enumerate(runs, 1):
+        cfg, out = spec.cfg, Path(spec.cfg.out)
+        head = f"[run {i}/{len(runs)}] {spec.label}"
+        info = _read_run_json(out)
+        skipped = is_finished(info, cfg)
+        if skipped:
+            log(f"{head}: finished earlier, reusing {out}")
+        else:
+            cfg.resume = (out / "last.pt").exists()
+            log(f"{head} ({cfg.model}, {cfg.iterations} iterations, seed {cfg.seed})"
+                + (" resuming" if cfg.resume else "") + " ...")
+            result = trainer.train(cfg, data=data)
+            if result.status != "finished":
+                raise SweepInterrupted(spec.label, result.iteration, result.iterations)
+            info = _read_run_json(out)
+        outcomes.append(RunOutcome(spec.label, cfg, out, info or {},
+                                   read_metrics(out / "metrics.jsonl"), skipped))
+    return outcomes
