@@ -14,8 +14,8 @@ from reslab.cli import main
 from reslab.data import Preprocess
 
 PNG = b"\x89PNG\r\n\x1a\n"
-# 6 iterations of batch 16 per run, 2 evaluations; tiny nets where the experiment allows.
-TINY = ["--data", "synthetic:128:64", "--budget", "0.0001", "--batch-size", "16",
+# 6 iterations of batch 8 per run, 2 evaluations; tiny nets where the experiment allows.
+TINY = ["--data", "synthetic:64:32", "--budget", "0.0001", "--batch-size", "8",
         "--eval-points", "2", "--device", "cpu", "--no-progress"]
 
 
@@ -128,11 +128,12 @@ def test_table6_seeds_and_resume_after_interrupt(tmp_path, monkeypatch, capsys):
                          "--seeds", "2") == 130
     assert "re-run the same command" in capsys.readouterr().err.lower()
     run0 = out / "runs" / "resnet8-s0"
-    assert json.loads((run0 / "run.json").read_text())["status"] == "interrupted"
+    stopped = json.loads((run0 / "run.json").read_text())
+    assert stopped["status"] == "interrupted" and 0 < stopped["finished_iteration"] < 6
     assert not (out / "report.md").exists()
     assert reproduce("table6", "--out", str(out), "--models", "resnet8", "--seeds", "2") == 0
     info = json.loads((run0 / "run.json").read_text())
-    assert info["status"] == "finished" and info["resumed_from"] == 3
+    assert info["status"] == "finished" and info["resumed_from"] == stopped["finished_iteration"]
     results = check_outputs(out, [], ["8.75", "7.51", "7.17", "6.97", "6.43", "6.61", "7.93"])
     assert [r["label"] for r in results["runs"]] == ["resnet8-s0", "resnet8-s1"]
     assert [r["seed"] for r in results["runs"]] == [0, 1]
@@ -145,6 +146,8 @@ def test_bad_arguments(tmp_path, capsys):
     assert reproduce("figure1", "--out", str(tmp_path), "--models", "plain8") == 2
     assert reproduce("figure6", "--out", str(tmp_path), "--models", "resnet9") == 2
     assert reproduce("shortcuts", "--out", str(tmp_path), "--depth", "9") == 2
+    assert reproduce("table6", "--out", str(tmp_path), "--models", "resnet50") == 2
+    assert reproduce("figure6", "--out", str(tmp_path), "--seeds", "3") == 2
     assert main(["reproduce", "table6", "--out", str(tmp_path), "--seeds", "0"]) == 2
     assert "error" in capsys.readouterr().err
 
@@ -195,7 +198,7 @@ def test_residual_response_is_measured_before_the_addition():
 def test_responses_cli(shared, capsys, tmp_path):
     weights = shared / "runs" / "resnet8" / "last.pt"
     png = tmp_path / "r.png"
-    assert main(["responses", "--weights", str(weights), "--data", "synthetic:128:64",
+    assert main(["responses", "--weights", str(weights), "--data", "synthetic:64:32",
                  "--device", "cpu", "--json", "--out", str(png)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "resnet8" and len(result["layers"]) == 7

@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             raise ReslabError("--models needs at least one network name")
         if args.experiment in ("figure1", "shortcuts"):
             raise ReslabError(f"--models does not apply to {args.experiment}")
+    if args.seeds != 1 and args.experiment != "table6":
+        raise ReslabError("--seeds applies to table6 only")
     s = Settings(data=args.data, out=args.out, budget=args.budget, seeds=args.seeds,
                  device=args.device, batch_size=args.batch_size, eval_points=args.eval_points,
                  models=models, with_1202=args.with_1202, with_plain110=args.with_plain110,

@@ -51,7 +51,9 @@ def reproduce(name: str, s: Settings) -> Outcome:
     module = _module(name)
     s.validate()
     for m in s.models or []:
-        resolve(m)
+        if resolve(m).family != "cifar":
+            raise ReslabError(f"--models: {m} is an ImageNet net; the experiments use CIFAR "
+                              "nets (resnetN / plainN with N = 6n+2)")
     started = time.time()
     runs = module.plan(s)
     data = load_image_data(s.data, root=s.data_root, progress=s.progress)
