@@ -90,6 +90,9 @@ def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
     body = ("## Figure 6\n\nPaper (Figure 6, Sec. 4.2): deeper plain nets have higher training "
             "and test error (plain-110 stays above 60%); deeper ResNets have lower training and"
             " test error; ResNet-1202 reaches training error < 0.1% but 7.93% test error vs "
-            "6.43% for ResNet-110 (overfitting).\n\nMeasured:\n\n" + curve_table(outcomes))
+            "6.43% for ResNet-110 (overfitting).\n\n"
+            + ("" if any(t.startswith("ResNet-110 vs") for t, _ in shown) else
+               "The right panel (ResNet-110 vs ResNet-1202) needs --with-1202.\n\n")
+            + "Measured:\n\n" + curve_table(outcomes))
     return Report("Figure 6: plain nets vs ResNets on CIFAR-10", body, findings,
                   figures=["figure6.png"])
