@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers (imagenet recipe)")
+    p.add_argument("--scale", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="imagenet recipe: shorter side drawn from [MIN, MAX] (paper: 256 480)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="imagenet recipe: training/test crop size (paper: 224)")
+    p.add_argument("--test-resize", type=int, default=None,
+                   help="imagenet recipe: shorter side before the centre crop in evaluation "
+                   "and for the per-pixel mean (paper: 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false",
@@ -71,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """Build the TrainConfig the flags describe (unset flags keep the recipe's values)."""
+    from reslab.errors import ReslabError
     from reslab.train.recipes import TrainConfig
 
     values = {
@@ -89,8 +98,17 @@ def config_from_args(args: argparse.Namespace):
             values[flag] = getattr(args, flag)
     if args.milestones is not None:
         values["milestones"] = tuple(args.milestones)
+    extra = {}
     if args.workers is not None:
-        values["extra"] = {"workers": args.workers}
+        extra["workers"] = args.workers
+    for flag in ("scale", "crop", "test_resize"):
+        if getattr(args, flag, None) is not None:
+            if args.recipe != "imagenet":
+                raise ReslabError(f"--{flag.replace('_', '-')} is an option of --recipe imagenet")
+            value = getattr(args, flag)
+            extra[flag] = list(value) if isinstance(value, list) else value
+    if extra:
+        values["extra"] = extra
     if args.recipe == "imagenet":
         from reslab.train.imagenet_recipe import imagenet_overrides
 
@@ -106,13 +124,21 @@ def run(args: argparse.Namespace) -> int:
     from reslab.train.trainer import train
 
     cfg = config_from_args(args)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    finally:
+        from reslab.train.distributed import shutdown_process_group
+
+        shutdown_process_group()
+    main = os.environ.get("RANK", "0") == "0"
     if result.status == "interrupted":
-        print(f"stopped at iteration {result.iteration}/{result.iterations}; checkpoint saved "
-              f"to {result.out / 'last.pt'}. Continue with the same command and --resume.")
+        if main:
+            print(f"stopped at iteration {result.iteration}/{result.iterations}; checkpoint "
+                  f"saved to {result.out / 'last.pt'}. Continue with the same command and "
+                  "--resume.")
         return 130
     last = result.last or {}
-    if last:
+    if last and main:  # one summary line under torchrun
         print(f"done: {result.iteration} iterations in {result.wall_seconds:.0f} s; "
               f"{last.get('eval_split', 'test')} error {100 * last['test_error']:.2f}% "
               f"(best {100 * result.best_error:.2f}%), train error "

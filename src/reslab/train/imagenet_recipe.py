@@ -94,3 +94,21 @@ def imagenet_overrides() -> dict:
             "lr_policy": r.lr_policy, "plateau_patience": r.plateau_patience,
             "plateau_threshold": r.plateau_threshold, "eval_every": r.eval_every,
             "eval_batch_size": 100}
+
+
+def recipe_with(extra: dict) -> ImageNetRecipe:
+    """`IMAGENET_RECIPE` with the input sizes of `TrainConfig.extra` (`scale`: [min, max],
+    `crop`, `test_resize`) replaced: small images for tests; the defaults are the paper's."""
+    from reslab.errors import ReslabError
+
+    r = IMAGENET_RECIPE
+    scale = tuple(int(v) for v in extra.get("scale", r.scale))
+    crop = int(extra.get("crop", r.crop))
+    test_resize = int(extra.get("test_resize", r.test_resize))
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise ReslabError(f"--scale must be MIN MAX with 0 < MIN <= MAX, got {list(scale)}")
+    if not 0 < crop <= scale[0]:
+        raise ReslabError(f"--crop {crop} must be in [1, --scale MIN = {scale[0]}]")
+    if crop > test_resize:
+        raise ReslabError(f"--crop {crop} must be <= --test-resize {test_resize}")
+    return dataclasses.replace(r, scale=scale, crop=crop, test_resize=test_resize)

@@ -168,10 +168,24 @@ def _make_source(cfg: TrainConfig, data, device: torch.device, world: World, ckp
     from reslab.train.sources import FolderSource, TensorSource
 
     if cfg.recipe == "imagenet":
-        mean = ckpt["preprocess"]["mean"] if ckpt else None
+        from reslab.train.imagenet_recipe import recipe_with
+
+        sizes = dict(cfg.extra)
+        mean = None
+        if ckpt is not None:  # resume at the checkpoint's input sizes unless told otherwise
+            old = (ckpt.get("config") or {}).get("extra") or {}
+            sizes = {**{k: old[k] for k in ("scale", "crop", "test_resize") if k in old},
+                     **sizes}
+            mean = ckpt["preprocess"]["mean"]
+        recipe = recipe_with(sizes)
+        if mean is not None and mean.shape[1:] != (1, 1) and tuple(mean.shape[1:]) != (
+                recipe.crop, recipe.crop):
+            raise ReslabError(f"the checkpoint's per-pixel mean is {tuple(mean.shape[1:])} but "
+                              f"the crop is {recipe.crop}: resume with --crop {mean.shape[-1]}")
+        cfg.extra.update({k: sizes[k] for k in ("scale", "crop", "test_resize") if k in sizes})
         return FolderSource(cfg.data, cfg.batch_size, device, cfg.seed, world,
                             int(cfg.extra.get("workers", min(8, os.cpu_count() or 1))), mean,
-                            cfg.mean)
+                            cfg.mean, recipe)
     from reslab.data import Preprocess, load_image_data, per_channel_mean_std, per_pixel_mean
 
     if data is None:
@@ -306,7 +320,9 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
     model.train()
     with stop_requests() as stop:
         while it < iterations:
-            if stop["signal"] is not None:
+            # Under DDP the ranks agree on stopping at a log step (below), so that they all
+            # stop at the same iteration instead of leaving the others in a collective.
+            if stop["signal"] is not None and not world.distributed:
                 status = "interrupted"
                 break
             lr = schedule.lr(it)
@@ -325,8 +341,9 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
             evaluate_now = it % eval_every == 0 or it == iterations
             if it % cfg.log_every == 0 or evaluate_now or (schedule.warming_up and it % 10 == 0):
                 # One host sync per log interval, not per iteration (keeps GPUs busy).
-                loss_sum, wrong, n = all_reduce_sum(
-                    [float(dev_loss), float(dev_wrong), float(dev_n)], world, device)
+                loss_sum, wrong, n, stopping = all_reduce_sum(
+                    [float(dev_loss), float(dev_wrong), float(dev_n),
+                     float(stop["signal"] is not None)], world, device)
                 if not math.isfinite(loss_sum):
                     raise ReslabError(
                         f"training loss became {loss_sum} before iteration {it}; stopped. "
@@ -349,6 +366,9 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
                 dev_wrong.zero_()
                 dev_n = 0
                 t_mark = time.perf_counter()
+                if stopping and world.distributed:
+                    status = "interrupted"
+                    break
             if evaluate_now:
                 was_training = model.training
                 model.eval()
@@ -366,14 +386,17 @@ def train(cfg: TrainConfig, data=None) -> RunResult:
                     "images_per_sec": interval_images / max(train_time, 1e-9),
                     "elapsed": time.time() - t_start,
                     "eval_split": source.eval_name,
+                    "eval_images": int(sums[3]),
                 }
                 records.append(record)
                 schedule.after_eval(record["test_error"])
                 acc, train_time, interval_images = [0.0, 0.0, 0.0], 0.0, 0
+                improved = best_error is None or record["test_error"] < best_error
+                if improved:  # on every rank: the record is the same all-reduced one
+                    best_error = record["test_error"]
                 if world.is_main:
                     _write_metrics(metrics_path, records)
-                    if best_error is None or record["test_error"] < best_error:
-                        best_error = record["test_error"]
+                    if improved:
                         checkpoint(out / "best.pt", it)
                     checkpoint(last_path, it)
                     if writer is not None:
