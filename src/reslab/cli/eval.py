@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="imagenet recipe: fully convolutional multi-scale testing, e.g. "
                    "224 256 384 480 640")
     p.add_argument("--batch-size", type=int, default=500)
+    from reslab.cli.eval_imagenet import add_imagenet_arguments
+
+    add_imagenet_arguments(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true",
                    help='print {"top1_error": ..., "top5_error": ..., "images": ...}')
