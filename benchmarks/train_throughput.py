@@ -1,0 +1,131 @@
+"""ResNet-20 training throughput: reslab's trainer vs a conventional PyTorch loop.
+
+Both train ResNet-20 (batch 128, SGD 0.9, wd 1e-4, lr 0.1 with the paper's milestones
+scaled to the budget) for the same number of iterations on the same data, then report
+images/s of the training loop and the test error after that fixed budget.
+
+- reslab: `reslab.train.trainer.train` (uint8 data on the device, batched crop/flip,
+  per-pixel mean, bf16 autocast and channels_last where the hardware has them).
+- conventional: torchvision `DataLoader` over PIL images with per-image `RandomCrop(32, 4)`,
+  `RandomHorizontalFlip`, `ToTensor`, `Normalize`; fp32; NCHW.
+
+Usage: python benchmarks/train_throughput.py [--iterations 300] [--workers 2] [--device auto]
+Data: shared/data's CIFAR-10 JPEG copy when present (beside the repo), else synthetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from reslab.data import load_image_data
+from reslab.evaluate import evaluate_tensors
+from reslab.models import create_model
+from reslab.train.recipes import TrainConfig
+from reslab.train.schedule import scale_milestones
+from reslab.train.trainer import machine_info, pick_device, train
+
+ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg75.tar.gz"
+
+
+class PILDataset(Dataset):
+    """Images held as PIL images (decoded up front, so JPEG decoding is not timed)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        self.images = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def conventional(data, iterations: int, workers: int, device: torch.device, seed: int):
+    """The loop most CIFAR repositories use; returns (images/s, test error)."""
+    torch.manual_seed(seed)
+    mean = (data.train.images.float() / 255).mean((0, 2, 3)).tolist()
+    std = (data.train.images.float() / 255).std((0, 2, 3)).tolist()
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                          T.Normalize(mean, std)])
+    loader = DataLoader(PILDataset(data.train.images, data.train.labels, train_tf),
+                        batch_size=128, shuffle=True, num_workers=workers, drop_last=True,
+                        persistent_workers=workers > 0)
+    model = create_model("resnet20", num_classes=len(data.classes)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(scale_milestones(iterations)), 0.1)
+    model.train()
+    it, images, t0 = 0, 0, time.perf_counter()
+    while it < iterations:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            it += 1
+            images += y.numel()
+            if it == iterations:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    ips = images / (time.perf_counter() - t0)
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+        s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+        return (x.float() / 255 - m) / s
+
+    result = evaluate_tensors(model, data.test.images, data.test.labels, normalize, 1000, device)
+    return ips, result.top1_error
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="default: shared CIFAR-10 JPEGs, else synthetic")
+    args = p.parse_args()
+    device = pick_device(args.device)
+    spec = args.data or (str(ARCHIVE) if ARCHIVE.is_file() else "synthetic:10000:2000")
+    data = load_image_data(spec, progress=False)
+    info = machine_info(device)
+    print(f"machine: {info.get('gpu') or info.get('cpu')} ({info['cpu_count']} CPUs), "
+          f"torch {torch.__version__}, device {device}")
+    print(f"data: {data.name} ({len(data.train)} train / {len(data.test)} test), "
+          f"ResNet-20, batch 128, {args.iterations} iterations each")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(model="resnet20", data=spec, out=tmp, iterations=args.iterations,
+                          eval_every=args.iterations, device=args.device, seed=args.seed,
+                          progress=False, tensorboard=False)
+        t0 = time.perf_counter()
+        result = train(cfg, data)
+        wall = time.perf_counter() - t0
+        rec = result.last
+        run = __import__("json").loads((Path(tmp) / "run.json").read_text())
+    reslab_ips, reslab_err = rec["images_per_sec"], rec["test_error"]
+    print(f"reslab       : {reslab_ips:8.1f} images/s  test error {100 * reslab_err:.2f}%  "
+          f"({run['precision']}, channels_last={run['channels_last']}; wall {wall:.0f} s)")
+    base_ips, base_err = conventional(data, args.iterations, args.workers, device, args.seed)
+    print(f"conventional : {base_ips:8.1f} images/s  test error {100 * base_err:.2f}%  "
+          f"(DataLoader, {args.workers} workers, PIL transforms, fp32, NCHW)")
+    print(f"speed-up     : {reslab_ips / base_ips:.2f}x")
+    print(f"error delta  : {100 * (reslab_err - base_err):+.2f} points (reslab - conventional)")
+
+
+if __name__ == "__main__":
+    main()
