@@ -5,7 +5,8 @@ scaled to the budget) for the same number of iterations on the same data, then r
 images/s of the training loop and the test error after that fixed budget.
 
 - reslab: `reslab.train.trainer.train` (uint8 data on the device, batched crop/flip,
-  per-pixel mean, bf16 autocast and channels_last where the hardware has them).
+  per-pixel mean, channels_last; default precision, and bf16 autocast as a second row on
+  CPUs with native bf16).
 - conventional: torchvision `DataLoader` over PIL images with per-image `RandomCrop(32, 4)`,
   `RandomHorizontalFlip`, `ToTensor`, `Normalize`; fp32; NCHW.
 
@@ -16,6 +17,7 @@ Data: shared/data's CIFAR-10 JPEG copy when present (beside the repo), else synt
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +33,7 @@ from reslab.evaluate import evaluate_tensors
 from reslab.models import create_model
 from reslab.train.recipes import TrainConfig
 from reslab.train.schedule import scale_milestones
-from reslab.train.trainer import machine_info, pick_device, train
+from reslab.train.trainer import cpu_has_native_bf16, machine_info, pick_device, train
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg75.tar.gz"
 
@@ -108,23 +110,32 @@ def main() -> None:
     print(f"data: {data.name} ({len(data.train)} train / {len(data.test)} test), "
           f"ResNet-20, batch 128, {args.iterations} iterations each")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(model="resnet20", data=spec, out=tmp, iterations=args.iterations,
-                          eval_every=args.iterations, device=args.device, seed=args.seed,
-                          progress=False, tensorboard=False)
-        t0 = time.perf_counter()
-        result = train(cfg, data)
-        wall = time.perf_counter() - t0
-        rec = result.last
-        run = __import__("json").loads((Path(tmp) / "run.json").read_text())
-    reslab_ips, reslab_err = rec["images_per_sec"], rec["test_error"]
-    print(f"reslab       : {reslab_ips:8.1f} images/s  test error {100 * reslab_err:.2f}%  "
-          f"({run['precision']}, channels_last={run['channels_last']}; wall {wall:.0f} s)")
+    def run_reslab(precision: str) -> tuple[float, float]:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(model="resnet20", data=spec, out=tmp, iterations=args.iterations,
+                              eval_every=args.iterations, device=args.device, seed=args.seed,
+                              progress=False, tensorboard=False, precision=precision)
+            t0 = time.perf_counter()
+            rec = train(cfg, data).last
+            wall = time.perf_counter() - t0
+            run = json.loads((Path(tmp) / "run.json").read_text())
+        print(f"reslab {precision:6s}: {rec['images_per_sec']:8.1f} images/s  test error "
+              f"{100 * rec['test_error']:.2f}%  ({run['precision']}, channels_last="
+              f"{run['channels_last']}; wall {wall:.0f} s)")
+        return rec["images_per_sec"], rec["test_error"]
+
+    reslab_ips, reslab_err = run_reslab("auto")
+    bf16 = None
+    if device.type == "cpu" and cpu_has_native_bf16():
+        bf16 = run_reslab("bf16")
     base_ips, base_err = conventional(data, args.iterations, args.workers, device, args.seed)
     print(f"conventional : {base_ips:8.1f} images/s  test error {100 * base_err:.2f}%  "
           f"(DataLoader, {args.workers} workers, PIL transforms, fp32, NCHW)")
-    print(f"speed-up     : {reslab_ips / base_ips:.2f}x")
+    print(f"speed-up     : {reslab_ips / base_ips:.2f}x (reslab default / conventional)")
     print(f"error delta  : {100 * (reslab_err - base_err):+.2f} points (reslab - conventional)")
+    if bf16:
+        print(f"speed-up bf16: {bf16[0] / base_ips:.2f}x, error delta "
+              f"{100 * (bf16[1] - base_err):+.2f} points")
 
 
 if __name__ == "__main__":

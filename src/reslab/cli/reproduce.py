@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=1,
                    help="table6: runs per net; reports best and mean +- std (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="as for `reslab train` (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--batch-size", type=int, default=128, help="mini-batch (paper: 128)")
     p.add_argument("--eval-points", type=int, default=40,
                    help="evaluations per run, the points of the curves (default 40)")
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     s = Settings(data=args.data, out=args.out, budget=args.budget, seeds=args.seeds,
                  device=args.device, batch_size=args.batch_size, eval_points=args.eval_points,
                  models=models, with_1202=args.with_1202, with_plain110=args.with_plain110,
-                 depth=args.depth, data_root=args.data_root, progress=args.progress)
+                 depth=args.depth, data_root=args.data_root, progress=args.progress,
+                 precision=args.precision)
     outcome = reproduce(args.experiment, s)
     if outcome.status != "finished":
         print(f"reslab reproduce: {outcome.message}", file=sys.stderr)

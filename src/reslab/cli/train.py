@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluate, log and checkpoint every K iterations (default: ~20 per run)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU (bf16 is faster on CPUs "
+                   "with native bf16 but slowed deep nets' early training: docs/results.md)")
     p.add_argument("--channels-last", dest="channels_last", action="store_const", const=True,
                    default=None, help="channels_last memory format (default: on for CUDA and CPU)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)

@@ -132,6 +132,8 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
         f"per run, batch {s.batch_size}; learning-rate milestones scaled in proportion "
         f"(paper: 64000 iterations, batch 128)",
         f"- seeds: {s.seeds}",
+        f"- precision: {', '.join(sorted({o.info.get('precision', '?') for o in outcomes}))}"
+        " (autocast dtype of training)",
         f"- machine: {env['device']} ({env['machine'].get('device', '?')}), "
         f"{env['machine'].get('platform', '')}",
         f"- torch {env['versions'].get('torch', '?')}, reslab "

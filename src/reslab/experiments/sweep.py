@@ -36,6 +36,7 @@ class Settings:
     depth: int = 20  # shortcuts
     data_root: str | None = None
     progress: bool = True
+    precision: str = "auto"  # auto, fp32 or bf16 (TrainConfig.precision)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -93,7 +94,7 @@ def make_config(s: Settings, label: str, model: str, seed: int = 0,
         model=model, shortcut=shortcut, data=s.data, data_root=s.data_root,
         out=str(s.out / "runs" / label), iterations=iterations, batch_size=s.batch_size,
         seed=seed, device=s.device, eval_every=max(1, iterations // s.eval_points),
-        progress=s.progress,
+        progress=s.progress, precision=s.precision,
     )
     return RunSpec(label, cfg)
 
@@ -115,7 +116,12 @@ def _read_run_json(out: Path) -> dict | None:
 
 def check_same_config(label: str, info: dict, cfg: TrainConfig) -> None:
     """ReslabError if the run in cfg.out was made with other settings than `cfg`."""
+    from reslab.train.trainer import pick_device, precision_name
+
     saved, wanted = _comparable(info.get("config", {})), _comparable(cfg.to_dict())
+    # Compare what "auto" resolved to: the precision a run actually used is in run.json.
+    saved["precision"] = info.get("precision", saved.get("precision"))
+    wanted["precision"] = precision_name(cfg.precision, pick_device(cfg.device))
     if saved != wanted:
         diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         details = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in diff)

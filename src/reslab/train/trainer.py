@@ -68,8 +68,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX), where oneDNN's
-    bf16 convolutions are about twice as fast as fp32 (benchmarks/train_throughput.py)."""
+    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -79,16 +78,24 @@ def cpu_has_native_bf16() -> bool:
 
 
 def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where it helps: CUDA with bf16 support, CPUs with native bf16."""
+    """The autocast dtype, or None for fp32.
+
+    auto: bf16 on CUDA GPUs that support it; fp32 elsewhere. On a CPU with native bf16,
+    `--precision bf16` trains about 1.5x faster (benchmarks/train_throughput.py) but it
+    slowed ResNet-56's early training measurably (docs/results.md), so it is opt-in there.
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
     return None
+
+
+def precision_name(precision: str, device: torch.device) -> str:
+    """"bf16" or "fp32": what `precision` (possibly "auto") resolves to on `device`."""
+    return "bf16" if pick_precision(precision, device) is not None else "fp32"
 
 
 @contextmanager
