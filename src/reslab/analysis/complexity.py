@@ -106,5 +106,5 @@ def format_info(model: nn.Module, input_size: int = 224) -> str:
     params = count_parameters(model)
     macs = count_multiply_adds(model, input_size)
     lines.append(f"parameters: {params:,}")
-    lines.append(f"multiply-adds: {macs:,} ({macs / 1e9:.2f} GFLOPs as in Table 1)")
+    lines.append(f"multiply-adds: {macs:,} ({macs / 1e9:.2f} G, the unit of Table 1's FLOPs)")
     return "\n".join(lines)
