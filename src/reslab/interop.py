@@ -277,13 +277,18 @@ def _spec_from_dict(d: Mapping[str, Any]) -> nn.Module:
     return build(spec)
 
 
-def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+def model_from_checkpoint(
+    path: str | os.PathLike | Mapping[str, Any],
+) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a reslab checkpoint (or reslab-exported .safetensors) describes.
 
-    Returns `(model, checkpoint)` with the weights loaded; `checkpoint` is the whole dict
-    (preprocess, classes, iteration, ...), for a safetensors file `{"model_spec": ...}`.
+    `path` is a file, or what `read_file` already read from one. Returns `(model,
+    checkpoint)` with the weights loaded; `checkpoint` is the whole dict (preprocess,
+    classes, iteration, ...), for a safetensors file `{"model_spec": ...}`.
     """
-    obj = read_file(path)
+    obj = path if isinstance(path, Mapping) else read_file(path)
+    if isinstance(path, Mapping):
+        path = "the checkpoint"
     meta = obj.get("__metadata__")
     if isinstance(meta, Mapping) and "model_spec" in meta:
         try:

@@ -42,22 +42,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def load_for_eval(model_name, weights, mean=None, std=None, data=None):
-    """(model, preprocess, classes) from a reslab checkpoint or foreign weights."""
+    """(model, preprocess, classes, checkpoint) from a reslab checkpoint or foreign weights.
+
+    The file is read once (safely, `reslab.interop.read_file`); `checkpoint` is the reslab
+    checkpoint dict, or None for foreign weights.
+    """
     import torch
 
     from reslab.data import Preprocess, per_pixel_mean
     from reslab.errors import ReslabError
-    from reslab.interop import load_weights, model_from_checkpoint
+    from reslab.interop import load_weights, model_from_checkpoint, read_file
     from reslab.models.registry import build, resolve
     from reslab.train.checkpoint import FORMAT
 
+    obj = read_file(weights)
     ckpt = None
-    try:
-        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception:
-        ckpt = None  # safetensors or unreadable: load_weights reports it
-    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
-        model, ckpt = model_from_checkpoint(weights)
+    if obj.get("format") == FORMAT:
+        model, ckpt = model_from_checkpoint(obj)
         if model_name and resolve(model_name).name != model.reslab_spec.name:
             raise ReslabError(f"{weights} holds a {model.reslab_spec.name}, not {model_name}")
         preprocess = Preprocess.from_dict(ckpt["preprocess"])
@@ -68,7 +69,7 @@ def load_for_eval(model_name, weights, mean=None, std=None, data=None):
                               "with --model")
         if data is None:
             raise ReslabError("foreign weights need --data to know the classes")
-        model = load_weights(build(resolve(model_name, len(data.classes))), weights)
+        model = load_weights(build(resolve(model_name, len(data.classes))), obj)
         classes = list(data.classes)
         if mean is not None:
             preprocess = Preprocess(torch.tensor(mean),
@@ -79,7 +80,7 @@ def load_for_eval(model_name, weights, mean=None, std=None, data=None):
     if data is not None and len(classes) != len(data.classes):
         raise ReslabError(f"the weights have {len(classes)} classes, the data "
                           f"{len(data.classes)}")
-    return model, preprocess, classes
+    return model, preprocess, classes, ckpt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
         return run_imagenet(args, device)
     data = load_image_data(args.data, root=args.data_root)
-    model, preprocess, _ = load_for_eval(args.model, args.weights, args.mean, args.std, data)
+    model, preprocess, _, _ = load_for_eval(args.model, args.weights, args.mean, args.std,
+                                            data)
     model.to(device)
     result = evaluate_tensors(model, data.test.images, data.test.labels, preprocess,
                               args.batch_size, device, pick_precision("auto", device))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from types import SimpleNamespace
 
 import torch
 
@@ -41,31 +42,16 @@ def run_imagenet(args: argparse.Namespace, device: torch.device) -> int:
     from reslab.data.imagenet import IMAGENET_MEAN, ImageFolderDataset, Normalize
     from reslab.errors import ReslabError
     from reslab.evaluate import evaluate_imagenet
-    from reslab.train.checkpoint import FORMAT
     from reslab.train.trainer import pick_precision
 
     root = args.data
     val = ImageFolderDataset(os.path.join(root, "val"))
-    try:
-        ckpt = torch.load(args.weights, map_location="cpu", weights_only=True)
-    except Exception:
-        ckpt = None
-    if not (isinstance(ckpt, dict) and ckpt.get("format") == FORMAT):
-        ckpt = None
-    if ckpt is not None:
-        model, preprocess, classes = load_for_eval(args.model, args.weights)
-        mean, std = preprocess.mean, preprocess.std
-    else:  # foreign weights: per-channel statistics from the flags (torchvision's default)
-        from types import SimpleNamespace
-
-        model, _, classes = load_for_eval(
-            args.model, args.weights, args.mean or IMAGENET_MEAN, args.std,
-            SimpleNamespace(classes=val.classes, train=None))
-        mean = torch.tensor(args.mean or IMAGENET_MEAN)
-        std = torch.tensor(args.std) if args.std is not None else None
-    if len(classes) != len(val.classes):
-        raise ReslabError(f"the weights have {len(classes)} classes, {root}/val has "
-                          f"{len(val.classes)}")
+    # A reslab checkpoint brings its own mean; foreign weights take per-channel statistics
+    # from the flags (torchvision's by default). The weights must fit ROOT/val's classes.
+    model, preprocess, _, ckpt = load_for_eval(
+        args.model, args.weights, args.mean or IMAGENET_MEAN, args.std,
+        SimpleNamespace(classes=val.classes, train=None))
+    mean, std = preprocess.mean, preprocess.std
     resize, crop = _sizes(args, ckpt)
     if args.scales is not None and args.crops != 1:
         raise ReslabError("--scales tests whole images: use it with --crops 1")

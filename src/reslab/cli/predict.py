@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from reslab.train.trainer import pick_device
 
     device = pick_device(args.device)
-    model, preprocess, classes = load_for_eval(None, args.weights)
+    model, preprocess, classes, _ = load_for_eval(None, args.weights)
     model.to(device).eval()
     mean = preprocess.mean
     size = tuple(mean.shape[-2:]) if mean.dim() == 3 and mean.shape[-1] > 1 else (32, 32)

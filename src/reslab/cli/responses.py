@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise ReslabError("--batch-size must be >= 1")
     device = pick_device(args.device)
     data = load_image_data(args.data, root=args.data_root)
-    model, preprocess, _ = load_for_eval(args.model, args.weights, data=data)
+    model, preprocess, _, _ = load_for_eval(args.model, args.weights, data=data)
     stds = layer_response_stds(model, data.test.images, preprocess, args.batch_size, device)
     name = model.reslab_spec.name
     if args.out:
