@@ -65,10 +65,8 @@ def evaluate_tensors(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    correct = {1: 0, 5: 0}
-    loss_sum = 0.0
-    n = labels.numel()
-    for i in range(0, n, batch_size):
+    sums = [0.0, 0.0, 0.0, 0.0]
+    for i in range(0, labels.numel(), batch_size):
         x = images[i : i + batch_size].to(device, non_blocking=True)
         y = labels[i : i + batch_size].to(device, non_blocking=True)
         x = preprocess(x)
@@ -77,12 +75,21 @@ def evaluate_tensors(
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
                             enabled=autocast_dtype is not None):
             logits = model(x)
-        logits = logits.float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        for k, c in topk_correct(logits, y, (1, 5)).items():
-            correct[k] += c
+        accumulate_errors(sums, logits.float(), y)
     model.train(was_training)
-    return EvalResult(1 - correct[1] / n, 1 - correct[5] / n, loss_sum / n, n)
+    loss_sum, wrong1, wrong5, n = sums
+    return EvalResult(wrong1 / n, wrong5 / n, loss_sum / n, int(n))
+
+
+def accumulate_errors(sums: list[float], logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Add one batch to `sums` = [loss sum, top-1 wrong, top-5 wrong, images] (the form
+    that is summed over batches and, under DDP, all-reduced over ranks)."""
+    correct = topk_correct(logits, labels, (1, 5))
+    n = labels.numel()
+    sums[0] += float(F.cross_entropy(logits, labels, reduction="sum"))
+    sums[1] += n - correct[1]
+    sums[2] += n - correct[5]
+    sums[3] += n
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,11 +11,10 @@ n]` over this rank's shard, `preprocess` (stored with checkpoints), `classes`, `
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reslab.errors import ReslabError
-from reslab.evaluate import topk_correct
+from reslab.evaluate import accumulate_errors
 from reslab.train.distributed import World
 
 
@@ -74,20 +73,11 @@ class TensorSource:
         for i in range(0, len(self.eval_labels), batch_size):
             x = self.preprocess(self.eval_images[i : i + batch_size])
             y = self.eval_labels[i : i + batch_size]
-            _accumulate(sums, run_model(model, x).float(), y)
+            accumulate_errors(sums, run_model(model, x).float(), y)
         return sums
 
     def close(self) -> None:
         pass
-
-
-def _accumulate(sums: list[float], logits: torch.Tensor, y: torch.Tensor) -> None:
-    correct = topk_correct(logits, y, (1, 5))
-    n = y.numel()
-    sums[0] += float(F.cross_entropy(logits, y, reduction="sum"))
-    sums[1] += n - correct[1]
-    sums[2] += n - correct[5]
-    sums[3] += n
 
 
 class _SkipSampler(torch.utils.data.Sampler):
@@ -212,7 +202,7 @@ class FolderSource:
         sums = [0.0, 0.0, 0.0, 0.0]
         for x, y in self.val_loader:
             x = self.preprocess(x.to(self.device))
-            _accumulate(sums, run_model(model, x).float(), y.to(self.device))
+            accumulate_errors(sums, run_model(model, x).float(), y.to(self.device))
         return sums
 
     def close(self) -> None:
