@@ -359,13 +359,14 @@ def imagenet_loaders(
     `ShardSampler` (disjoint, unpadded shards: all-reduce the counts). `mean=None`
     estimates the per-pixel mean (224x224) from `mean_samples` training images
     (`pixel_mean`): compute it once, pass it in and store it with the checkpoint instead.
+    With `to_float=False` the loaders never use the mean, so none is estimated.
     Train batches drop the last incomplete batch; workers are persistent; memory is
     pinned when CUDA is available.
     """
     root = os.fspath(root)
     train_set = ImageFolderDataset(os.path.join(root, "train"))
     val_set = ImageFolderDataset(os.path.join(root, "val"))
-    if mean is None:
+    if mean is None and to_float:
         mean = pixel_mean(
             train_set, n=mean_samples, seed=seed, size=val_resize, crop=crop, workers=workers
         )

@@ -116,7 +116,6 @@ class FolderSource:
 
         from reslab.data.augment import Preprocess
         from reslab.data.imagenet import (
-            ImageFolderDataset,
             Lighting,
             channel_mean_std,
             imagenet_loaders,
@@ -127,21 +126,20 @@ class FolderSource:
         recipe = recipe or IMAGENET_RECIPE
         if batch_size % world.size:
             raise ReslabError(f"--batch-size {batch_size} must divide by the {world.size} ranks")
-        if mean is None:  # per-pixel (the paper) or per-channel, from a training sample
-            sample = ImageFolderDataset(f"{root}/train")
-            if mean_mode == "per-channel":
-                mean = channel_mean_std(sample, n=1000, seed=seed)[0]
-            else:
-                mean = pixel_mean(sample, n=1000, seed=seed, size=recipe.test_resize,
-                                  crop=recipe.crop)
-        self.preprocess = Preprocess(mean)
-        self.lighting = Lighting(recipe.lighting_alphastd)
         self.train_loader, self.val_loader = imagenet_loaders(
             root, batch_size // world.size, workers, world.distributed, seed, mean=mean,
             scale=recipe.scale, crop=recipe.crop, val_resize=recipe.test_resize,
             to_float=False,
         )
         ds = self.train_loader.dataset
+        if mean is None:  # per-pixel (the paper) or per-channel, from a training sample
+            if mean_mode == "per-channel":
+                mean = channel_mean_std(ds, n=1000, seed=seed)[0]
+            else:
+                mean = pixel_mean(ds, n=1000, seed=seed, size=recipe.test_resize,
+                                  crop=recipe.crop)
+        self.preprocess = Preprocess(mean)
+        self.lighting = Lighting(recipe.lighting_alphastd)
         self.name, self.classes = root, list(ds.classes)
         self.eval_name = "val"
         self.train_size, self.eval_size = len(ds), len(self.val_loader.dataset)
