@@ -49,11 +49,6 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def shutdown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def shutdown_process_group() -> None:
     """Leave the process group, if one was joined (end of a torchrun process)."""
     if dist.is_available() and dist.is_initialized():
