@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from reslab.atomic_write import atomic_write, atomic_write_bytes
+from reslab.atomic_write import atomic_write, atomic_write_bytes, atomic_write_via_path
 from reslab.errors import ReslabError
+from reslab.models.registry import build, spec_from_dict
 
 CHECKPOINT_FORMAT = "reslab-checkpoint-v1"
 SAFETENSORS_FORMAT = "reslab-safetensors-v1"
@@ -262,18 +262,13 @@ def load_weights(model: nn.Module, source: Source) -> nn.Module:
     return model
 
 
-def _spec_from_dict(d: Mapping[str, Any]) -> nn.Module:
-    from reslab.models.registry import build, resolve
-
+def _spec_from_dict(d: Any, where: str | os.PathLike) -> nn.Module:
+    """Build the model a spec read from a file describes, after checking the spec (an
+    absurd num_classes would otherwise allocate terabytes)."""
     try:
-        spec = resolve(
-            d["name"],
-            num_classes=d.get("num_classes"),
-            shortcut=d.get("shortcut") if d.get("residual", True) else None,
-            stride_in_1x1=d.get("stride_in_1x1"),
-        )
-    except (KeyError, TypeError) as e:
-        raise ReslabError(f"invalid model_spec in checkpoint: {e}") from None
+        spec = spec_from_dict(d)
+    except ReslabError as e:
+        raise ReslabError(f"{where} has an invalid model_spec: {e}") from None
     return build(spec)
 
 
@@ -302,7 +297,7 @@ def model_from_checkpoint(
             f"{path} is not a reslab checkpoint (no model_spec): name the model "
             "(e.g. `reslab export resnet50 --weights ...`) or use load_weights(model, path)"
         )
-    model = _spec_from_dict(ckpt["model_spec"])
+    model = _spec_from_dict(ckpt["model_spec"], path)
     load_weights(model, obj)
     return model, ckpt
 
@@ -313,20 +308,6 @@ def model_from_checkpoint(
 def _spec_json(model: nn.Module) -> str | None:
     spec = getattr(model, "reslab_spec", None)
     return json.dumps(spec.to_dict()) if spec is not None else None
-
-
-def _write_via_temp(path: Path, write_to: Any) -> Path:
-    """Run `write_to(tmp_path)` for exporters that want a path, then rename onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_to(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def export_model(
@@ -346,6 +327,9 @@ def export_model(
             f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}"
         )
     path = Path(path)
+    if path.is_dir():  # before the (slow) tracing; the write would refuse it as well
+        raise ReslabError(f"{path} is a folder: export to a file, e.g. "
+                          f"{path / ('model' + EXPORT_SUFFIXES[fmt])}")
     was_training = model.training
     model.eval()
     try:
@@ -379,7 +363,7 @@ def export_model(
                     torch.jit.save(traced, f)
 
             return atomic_write(path, save_traced)
-        return _write_via_temp(path, lambda tmp: _export_onnx(model, example, tmp))
+        return atomic_write_via_path(path, lambda tmp: _export_onnx(model, example, tmp))
     finally:
         model.train(was_training)
 

@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import shutil
+import struct
 import tarfile
 import tempfile
 import urllib.error
@@ -69,54 +70,290 @@ DATA_HINT = (
 
 # --- Safe unpickling --------------------------------------------------------------------
 # The CIFAR files are pickles, and `pickle.load` runs whatever callables a pickle names:
-# a crafted "data_batch_1" could execute arbitrary code. CIFAR pickles hold only dicts,
-# lists, bytes, ints, strings and uint8 numpy arrays, so this unpickler refuses every
-# global except the few numpy/codecs constructors needed to rebuild a plain array.
+# a crafted "data_batch_1" could execute arbitrary code, or, with numpy's own constructors
+# alone, ask for a 10 GB array in 240 bytes. CIFAR pickles hold only dicts, lists, bytes,
+# ints, strings and numpy arrays, so this unpickler refuses every global except numpy's
+# array and dtype constructors, and checks every size against the file's before anything
+# is allocated:
+#   * arrays come only from data stored in the file (`_reconstruct` makes an empty array,
+#     filled by its pickled state; `_frombuffer` views a buffer of the file), of a plain
+#     numeric dtype, at most MAX_ARRAY_BYTES;
+#   * what the constructors build (array copies, bytes decoded from text) may not exceed
+#     twice the file's size, so shared references cannot multiply it;
+#   * the pure-Python unpickler reads a length-prefixed string only as far as the file
+#     goes (the C one allocates the declared length first: 10 GB for a forged header).
+# Official files: 10,000 images of 3,072 bytes per batch (CIFAR-100's train file 50,000).
 
-_np_core = getattr(np, "_core", None) or np.core
+IMAGE_BYTES = 3 * 32 * 32
+MAX_IMAGES = 60_000
+MAX_ARRAY_BYTES = MAX_IMAGES * IMAGE_BYTES
+# The images (up to twice their size when Python 3 pickles bytes as text at protocol 2),
+# plus labels, file names, ...
+MAX_FILE_BYTES = 2 * MAX_ARRAY_BYTES + (64 << 20)
+
+_DTYPE_KINDS = "biuf"  # bool, signed, unsigned, float: no strings, records or objects
 
 
-def _latin1_encode(s: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
-    # How Python 3 pickles `bytes` at protocol <= 2: _codecs.encode(str, "latin1").
-    if encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"refused codec {encoding!r}")
-    return s.encode("latin1", errors)
+class _TooLarge(pickle.UnpicklingError):
+    """A size beyond what an official CIFAR file holds."""
 
 
-def _plain_dtype(*args: Any) -> np.dtype:
-    dt = np.dtype(*args)
-    if dt.hasobject:
-        raise pickle.UnpicklingError("refused object dtype")
+def _too_large(what: str, n: int, limit: int) -> _TooLarge:
+    return _TooLarge(f"it declares {what} of {n:,} bytes, more than an official CIFAR file "
+                     f"holds (at most {limit:,})")
+
+
+class _Budget:
+    """Bytes the constructors may still allocate while one file is unpickled."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def spend(self, n: int, what: str) -> None:
+        if n > self.left:
+            raise _TooLarge(f"{what} of {n:,} bytes more than its own size can hold")
+        self.left -= n
+
+
+def _plain_dtype(code: Any) -> np.dtype:
+    """A plain numeric dtype from its pickled name (b'u1', '<i8', ...) or a `_Dtype`."""
+    if isinstance(code, _Dtype):
+        return code.resolve()
+    if isinstance(code, bytes):
+        code = code.decode("latin1")
+    if not isinstance(code, str) or len(code) > 8:
+        raise pickle.UnpicklingError(f"refused dtype {code!r:.40}")
+    dt = np.dtype(code)
+    if dt.kind not in _DTYPE_KINDS or dt.subdtype is not None or dt.names or dt.itemsize > 8:
+        raise pickle.UnpicklingError(f"refused dtype {dt}")
     return dt
 
 
-_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
-    ("numpy.core.multiarray", "_reconstruct"): _np_core.multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _np_core.multiarray._reconstruct,
-    ("numpy.core.numeric", "_frombuffer"): _np_core.numeric._frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _np_core.numeric._frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _plain_dtype,
-    ("_codecs", "encode"): _latin1_encode,
-}
+class _Dtype:
+    """`numpy.dtype(code, align, copy)` as a pickle builds it, then its state (byte order).
+
+    Kept apart from a real dtype: numpy's `dtype.__setstate__` would accept any item size
+    for flexible types, so only the byte order of the state is used."""
+
+    __slots__ = ("code", "order")
+
+    def __init__(self, code: Any, align: Any = False, copy: Any = False) -> None:
+        self.code = _plain_dtype(code)
+        self.order = "="
+
+    def __setstate__(self, state: Any) -> None:
+        order = state[1] if isinstance(state, tuple) and len(state) >= 2 else None
+        if isinstance(order, bytes):
+            order = order.decode("latin1")
+        if order not in ("<", ">", "|", "=") or any(x is not None for x in state[2:5]):
+            raise pickle.UnpicklingError("refused dtype state")
+        self.order = order
+
+    def resolve(self) -> np.dtype:
+        return self.code.newbyteorder(self.order) if self.order in "<>" else self.code
 
 
-class _SafeUnpickler(pickle.Unpickler):
+def _shape(shape: Any, dt: np.dtype) -> tuple[tuple[int, ...], int]:
+    """A checked shape and its size in bytes (<= MAX_ARRAY_BYTES), computed without
+    allocating anything."""
+    if isinstance(shape, int):
+        shape = (shape,)
+    if not isinstance(shape, tuple) or len(shape) > 8:
+        raise pickle.UnpicklingError(f"refused array shape {shape!r:.60}")
+    nbytes = dt.itemsize
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise pickle.UnpicklingError(f"refused array shape {shape!r:.60}")
+        nbytes *= d
+        if nbytes > MAX_ARRAY_BYTES:
+            # (keep multiplying only while small: 10**10 x 10**10 ... stays cheap)
+            raise _too_large(f"an array of shape {shape} ({dt})", nbytes, MAX_ARRAY_BYTES)
+    return shape, nbytes
+
+
+class _Array(np.ndarray):
+    """An ndarray whose pickled state (shape, dtype, raw bytes) is checked before numpy
+    allocates it; `np.asarray` turns it back into a plain ndarray."""
+
+    _budget: _Budget
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("refused array state")
+        shape, dtype, fortran, raw = state[-4:]
+        dt = _plain_dtype(dtype)
+        shape, nbytes = _shape(shape, dt)
+        if not isinstance(raw, bytes | bytearray) or len(raw) != nbytes:
+            raise pickle.UnpicklingError(f"array data does not match its shape {shape}")
+        self._budget.spend(nbytes, "it builds an array")
+        super().__setstate__((1, shape, dt, bool(fortran), bytes(raw)))
+
+
+class _Refused:
+    """`numpy.ndarray` as a pickle names it: only an argument of `_reconstruct`."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any) -> Any:
+        raise pickle.UnpicklingError("refused to call numpy.ndarray")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("refused state for numpy.ndarray")
+
+
+_NDARRAY = _Refused()
+
+
+class _Global:
+    """An allowed callable; refuses pickled state (which would rebind its attributes)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("refused state for a function")
+
+
+class _BoundedReader:
+    """A binary stream that gives at most `left` more bytes (the file's size)."""
+
+    __slots__ = ("f", "left")
+
+    def __init__(self, f: BinaryIO, left: int) -> None:
+        self.f, self.left = f, left
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.left if n is None or n < 0 else n
+        data = self.f.read(min(want, self.left))
+        self.left -= len(data)
+        if len(data) < want:  # a pickle always ends with STOP: this is no pickle's end
+            raise pickle.UnpicklingError(
+                f"the file ends early ({want:,} more bytes wanted, {len(data):,} left)"
+            )
+        return data
+
+    def readline(self) -> bytes:
+        line = self.f.readline(self.left)
+        self.left -= len(line)
+        return line
+
+
+class _SafeUnpickler(pickle._Unpickler):  # the pure-Python one: see the comment above
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        super().__init__(_BoundedReader(f, size), encoding="bytes")
+        self._size = size
+        self._budget = _Budget(2 * size + (1 << 20))
+        g = {
+            "_reconstruct": _Global(self._reconstruct),
+            "_frombuffer": _Global(self._frombuffer),
+            "dtype": _Global(_Dtype),
+            "encode": _Global(self._latin1_encode),
+        }
+        self._allowed: dict[tuple[str, str], Any] = {
+            ("numpy.core.multiarray", "_reconstruct"): g["_reconstruct"],
+            ("numpy._core.multiarray", "_reconstruct"): g["_reconstruct"],
+            ("numpy.core.numeric", "_frombuffer"): g["_frombuffer"],
+            ("numpy._core.numeric", "_frombuffer"): g["_frombuffer"],
+            ("numpy", "ndarray"): _NDARRAY,
+            ("numpy", "dtype"): g["dtype"],
+            ("_codecs", "encode"): g["encode"],
+        }
+
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            return self._allowed[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(
                 f"refused to load {module}.{name}: CIFAR files hold only plain data"
             ) from None
 
+    def _load_bytearray8(self) -> None:
+        # The base class allocates the declared length before reading.
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise _TooLarge(f"it declares a byte string of {n:,} bytes in a file of "
+                            f"{self._size:,}")
+        data = self.read(n)
+        if len(data) != n:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(bytearray(data))
+
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+
+    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        # numpy pickles `_reconstruct(ndarray, (0,), b"b")`, then fills it from its state.
+        if subtype is not _NDARRAY:
+            raise pickle.UnpicklingError("refused array subtype")
+        shape, nbytes = _shape(shape, _plain_dtype(dtype))
+        if nbytes:
+            raise pickle.UnpicklingError("refused non-empty array without data")
+        arr = np.ndarray.__new__(_Array, shape, _plain_dtype(dtype))
+        arr._budget = self._budget
+        return arr
+
+    def _frombuffer(self, buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+        dt = _plain_dtype(dtype)
+        shape, nbytes = _shape(shape, dt)
+        if isinstance(order, bytes):
+            order = order.decode("latin1")
+        if not isinstance(buf, bytes | bytearray) or len(buf) != nbytes or order not in "CF":
+            raise pickle.UnpicklingError(f"array data does not match its shape {shape}")
+        return np.frombuffer(buf, dtype=dt).reshape(shape, order=order).view(_Array)
+
+    def _latin1_encode(self, s: Any, encoding: str = "latin1", errors: str = "strict") -> bytes:
+        # How Python 3 pickles `bytes` at protocol <= 2: _codecs.encode(str, "latin1").
+        if encoding not in ("latin1", "latin-1") or not isinstance(s, str):
+            raise pickle.UnpicklingError(f"refused codec {encoding!r:.20}")
+        self._budget.spend(len(s), "it decodes a byte string")
+        return s.encode("latin1", errors)
+
+
+def _stream_size(f: BinaryIO) -> int | None:
+    try:
+        pos = f.tell()
+        end = f.seek(0, os.SEEK_END)
+        f.seek(pos)
+        return end - pos
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def check_file_size(size: int, what: str) -> None:
+    """ReslabError if a file is larger than any official CIFAR file."""
+    if size > MAX_FILE_BYTES:
+        raise ReslabError(
+            f"{what} is {size:,} bytes, larger than any official CIFAR file (at most "
+            f"{MAX_FILE_BYTES:,}): replace it with the official file"
+        )
+
 
 def safe_unpickle(f: BinaryIO, what: str) -> dict[str, Any]:
-    """Load a CIFAR pickle without running any code it names; keys become `str`."""
+    """Load a CIFAR pickle without running any code it names or allocating more than its
+    size warrants; keys become `str`. ReslabError naming `what` otherwise."""
+    size = _stream_size(f)
+    if size is not None:
+        check_file_size(size, what)
     try:
-        obj = _SafeUnpickler(f, encoding="bytes").load()
+        obj = _SafeUnpickler(f, MAX_FILE_BYTES if size is None else size).load()
+    except _TooLarge as e:
+        raise ReslabError(
+            f"{what} is not an official CIFAR file ({e}); delete it and get the official "
+            "files again (reslab downloads them when they are absent)"
+        ) from None
     except Exception as e:
-        raise ReslabError(f"{what} is not a valid CIFAR python-format file ({e})") from None
+        raise ReslabError(
+            f"{what} is not a valid CIFAR python-format file ({e}); replace it with the "
+            "official file"
+        ) from None
     if not isinstance(obj, dict):
         raise ReslabError(f"{what} is not a valid CIFAR file (expected a dict)")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -131,20 +368,52 @@ def _get(d: dict[str, Any], key: str, what: str) -> Any:
     return d[key]
 
 
+def _images(data: Any, what: str) -> np.ndarray:
+    """The (N, 3, 32, 32) uint8 images of a batch's 'data' (bytes or a uint8 array)."""
+    if isinstance(data, bytes | bytearray):
+        arr = np.frombuffer(data, dtype=np.uint8)
+    elif isinstance(data, np.ndarray) and data.dtype == np.uint8:
+        arr = np.asarray(data)
+    else:
+        kind = f"a {data.dtype} array" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ReslabError(
+            f"{what}: malformed CIFAR batch ('data' is {kind}, expected uint8 images); "
+            "replace it with the official file"
+        )
+    if arr.size % IMAGE_BYTES:
+        raise ReslabError(
+            f"{what}: malformed CIFAR batch ({arr.size} bytes of images, not a multiple of "
+            f"{IMAGE_BYTES}); replace it with the official file"
+        )
+    return arr.reshape(-1, 3, 32, 32)
+
+
+def _labels(labels: Any, what: str) -> np.ndarray:
+    """A batch's labels (a flat list of ints, or an integer array) as int64."""
+    n = labels.size if isinstance(labels, np.ndarray) else len(labels) if isinstance(
+        labels, list | tuple) else None
+    if n is not None and n > MAX_IMAGES:
+        raise ReslabError(
+            f"{what}: {n:,} labels, more than an official CIFAR file holds ({MAX_IMAGES:,}); "
+            "replace it with the official file"
+        )
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":
+        return np.asarray(labels).astype(np.int64).reshape(-1)
+    # Only plain ints: a list of lists sharing one another could stand for 10**10 values.
+    if isinstance(labels, list | tuple) and all(type(v) is int for v in labels):
+        try:
+            return np.array(labels, dtype=np.int64)
+        except OverflowError:
+            pass
+    raise ReslabError(
+        f"{what}: malformed CIFAR batch (labels must be a list of integers); replace it "
+        "with the official file"
+    )
+
+
 def _parse_batch(d: dict[str, Any], label_key: str, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    data = _get(d, "data", what)
-    labels = _get(d, label_key, what)
-    try:
-        if isinstance(data, bytes | bytearray):
-            arr = np.frombuffer(data, dtype=np.uint8)
-        else:
-            arr = np.asarray(data)
-            if arr.dtype != np.uint8:
-                raise ValueError(f"data has dtype {arr.dtype}, expected uint8")
-        arr = arr.reshape(-1, 3, 32, 32)
-        lab = np.asarray(labels, dtype=np.int64).reshape(-1)
-    except (ValueError, TypeError) as e:
-        raise ReslabError(f"{what}: malformed CIFAR batch ({e})") from None
+    arr = _images(_get(d, "data", what), what)
+    lab = _labels(_get(d, label_key, what), what)
     if lab.shape[0] != arr.shape[0]:
         raise ReslabError(f"{what}: {arr.shape[0]} images but {lab.shape[0]} labels")
     return torch.from_numpy(arr.copy()), torch.from_numpy(lab.copy())
@@ -152,7 +421,11 @@ def _parse_batch(d: dict[str, Any], label_key: str, what: str) -> tuple[torch.Te
 
 def _names(d: dict[str, Any], key: str, what: str) -> list[str]:
     names = _get(d, key, what)
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    if (not isinstance(names, list | tuple) or len(names) > MAX_IMAGES
+            or not all(isinstance(n, bytes | str) for n in names)):
+        raise ReslabError(f"{what}: {key!r} must be a list of class names; replace it with "
+                          "the official file")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
 
 
 def parse_cifar(kind: str, open_member: Callable[[str], BinaryIO], name: str) -> ImageData:
@@ -221,6 +494,7 @@ def read_cifar_archive(archive: str | Path) -> ImageData:
             kind, members = found
 
             def open_member(fname: str) -> BinaryIO:
+                check_file_size(members[fname].size, f"{archive}:{fname}")
                 f = tf.extractfile(members[fname])
                 assert f is not None
                 return io.BytesIO(f.read())

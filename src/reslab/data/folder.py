@@ -5,6 +5,10 @@ Every image is decoded once (torchvision.io, RGB) into a uint8 tensor and the re
 cached in `reslab_home()/cache/<key>.pt`, the key hashing the source's absolute path,
 size and mtime, so a second run reads one file instead of decoding again. Images are
 kept at their size (CIFAR-like folders, Sec. 4.2): all images must share one size.
+
+Directories are scanned by `reslab.data.scan` (as ImageNet folders are): files named
+like images that are not regular files (FIFOs, broken links, ...) are never opened, a
+class folder without images is an error, and every split must have train/'s classes.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import tarfile
 import warnings
 import zlib
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,14 +27,34 @@ from torchvision.io import ImageReadMode, decode_image
 from reslab.atomic_write import atomic_torch_save
 from reslab.data.dataset import ImageData, ImageSplit
 from reslab.data.home import reslab_home
+from reslab.data.scan import (
+    IMAGE_EXTENSIONS,
+    SKIP_HINT,
+    check_same_classes,
+    empty_classes_error,
+    is_image_name,
+    read_regular_file,
+    scan_split,
+)
 from reslab.errors import ReslabError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+__all__ = ["IMAGE_EXTENSIONS", "find_folder_root", "load_image_folder", "tar_looks_like_folder"]
+
 SPLITS = ("train", "test", "val")
 CACHE_FORMAT = "reslab-image-cache-v1"
 
-# (split, class, file name shown to the user, source: Path or bytes)
-_Entry = tuple[str, str, str, "Path | bytes"]
+# (class, file name shown to the user, source: Path or bytes)
+_Item = tuple[str, str, "Path | bytes"]
+
+
+@dataclass
+class _Listing:
+    """What a source holds before decoding: per split, its classes and images, and the
+    entries skipped (with skip_corrupt) as not regular files."""
+
+    classes: dict[str, list[str]] = field(default_factory=dict)
+    items: dict[str, list[_Item]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
 
 
 def _decode(data: bytes, name: str) -> torch.Tensor:
@@ -41,9 +65,7 @@ def _decode(data: bytes, name: str) -> torch.Tensor:
 
 
 def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not os.path.basename(
-        name
-    ).startswith(".")
+    return is_image_name(name.rpartition("/")[2])
 
 
 def _split_rel(parts: list[str]) -> list[str] | None:
@@ -65,39 +87,67 @@ def find_folder_root(path: Path) -> Path | None:
     return None
 
 
-def _dir_entries(root: Path) -> Iterator[_Entry]:
+def _dir_listing(root: Path, skip_corrupt: bool) -> _Listing:
+    listing = _Listing()
     for split in SPLITS:
         sdir = root / split
         if not sdir.is_dir():
             continue
-        for cdir in sorted(p for p in sdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for dirpath, dirnames, filenames in os.walk(cdir):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                for fn in filenames:
-                    if _is_image(fn):
-                        p = Path(dirpath) / fn
-                        yield split, cdir.name, str(p), p
+        scan = scan_split(sdir, skip_corrupt=skip_corrupt)
+        listing.classes[split] = scan.classes
+        listing.items[split] = [(scan.classes[i], p, Path(p)) for p, i in scan.samples]
+        listing.skipped += scan.skipped
+    return listing
 
 
-def _tar_entries(archive: Path) -> Iterator[_Entry]:
+def _tar_listing(archive: Path, skip_corrupt: bool) -> _Listing:
+    """Images of a tar, under at most one top folder, read into memory. Image members
+    that are not regular files (nor links to one in the archive) are errors or, with
+    `skip_corrupt`, skipped; class folders stored as empty directories are errors."""
     prefix: str | None = None
+    listing = _Listing(items={s: [] for s in SPLITS})
+    dirs: set[tuple[str, str, str]] = set()  # (top, split, class) of directory members
+    problems: list[str] = []
     with tarfile.open(archive) as tf:
         for m in tf:
-            if not m.isfile() or not _is_image(m.name):
-                continue
             parts = [p for p in m.name.split("/") if p not in ("", ".")]
+            if m.isdir():
+                if len(parts) in (2, 3) and parts[-2] in SPLITS and parts[-1][0] != ".":
+                    dirs.add(("/".join(parts[:-2]), parts[-2], parts[-1]))
+                continue
+            if not _is_image(m.name):
+                continue
             rel = _split_rel(parts)
-            if rel is None:
+            if rel is None or rel[1].startswith("."):  # hidden folders, as in directories
                 continue
             top = "/".join(parts[: len(parts) - len(rel)])
             if prefix is None:
                 prefix = top
             elif top != prefix:
                 continue
-            f = tf.extractfile(m)
+            try:
+                f = tf.extractfile(m) if m.isfile() or m.issym() or m.islnk() else None
+            except KeyError:  # a link to a member the archive lacks
+                f = None
             if f is None:
+                problems.append(f"{archive}:{m.name}")
                 continue
-            yield rel[0], rel[1], f"{archive}:{m.name}", f.read()
+            listing.items[rel[0]].append((rel[1], f"{archive}:{m.name}", f.read()))
+    if problems and not skip_corrupt:
+        more = f" ({len(problems)} such members in all)" if len(problems) > 1 else ""
+        raise ReslabError(f"{problems[0]} is not a regular file{more}; {SKIP_HINT}")
+    if problems:
+        warnings.warn(f"skipping {len(problems)} archive members named like images that are "
+                      f"not regular files: {', '.join(problems[:3])}", stacklevel=2)
+    listing.skipped = problems
+    for split in SPLITS:
+        named = {c for t, s, c in dirs if s == split and t == (prefix or "")}
+        found = {c for c, _, _ in listing.items[split]}
+        if named - found:
+            raise empty_classes_error(f"{archive}:{split}", sorted(named - found))
+        if found:
+            listing.classes[split] = sorted(found)
+    return listing
 
 
 def tar_looks_like_folder(archive: Path, max_members: int = 2000) -> bool:
@@ -118,12 +168,20 @@ def _source_key(path: Path) -> str:
     st = path.stat()
     h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
     if path.is_dir():
-        # A directory's own mtime misses edits deeper down: hash every file's stat.
+        # A directory's own mtime misses edits deeper down: hash every file's stat (of
+        # the link itself when its target is missing).
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
             for fn in sorted(filenames):
-                s = os.stat(os.path.join(dirpath, fn))
-                h.update(f"{dirpath}/{fn}|{s.st_size}|{s.st_mtime_ns}".encode())
+                p = os.path.join(dirpath, fn)
+                try:
+                    s = os.stat(p)
+                except OSError:
+                    try:
+                        s = os.lstat(p)
+                    except OSError:
+                        continue  # gone meanwhile
+                h.update(f"{p}|{s.st_mode}|{s.st_size}|{s.st_mtime_ns}".encode())
     return h.hexdigest()[:32]
 
 
@@ -131,31 +189,23 @@ def _cache_path(path: Path) -> Path:
     return reslab_home() / "cache" / f"{_source_key(path)}.pt"
 
 
-def _decode_all(
-    entries: Iterator[_Entry], source: Path, skip_corrupt: bool, progress: bool
-) -> dict:
+def _decode_all(listing: _Listing, source: Path, skip_corrupt: bool, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
-    # Group by split first so each split's tensor is allocated once.
-    by_split: dict[str, list[tuple[str, str, Path | bytes]]] = {s: [] for s in SPLITS}
-    for split, cls, shown, src in entries:
-        by_split[split].append((cls, shown, src))
+    by_split = {s: listing.items.get(s) or [] for s in SPLITS}
     if not by_split["train"]:
         raise ReslabError(f"{source} has no images under train/<class>/")
     test_name = "test" if by_split["test"] else "val" if by_split["val"] else None
     if test_name is None:
         raise ReslabError(f"{source} has train/ but neither test/<class>/ nor val/<class>/")
-    classes = sorted({cls for cls, _, _ in by_split["train"]})
+    classes = listing.classes["train"]
     class_index = {c: i for i, c in enumerate(classes)}
     want = ["train", test_name] + (["val"] if test_name == "test" and by_split["val"] else [])
     for split in want[1:]:
-        extra = sorted({cls for cls, _, _ in by_split[split]} - set(classes))
-        if extra:
-            raise ReslabError(
-                f"{source}: {split}/ has classes not in train/: {', '.join(extra[:5])}"
-            )
+        check_same_classes(f"{source}: {split}/", listing.classes[split], "train/", classes)
     total = sum(len(by_split[s]) for s in want)
-    out: dict = {"format": CACHE_FORMAT, "classes": classes, "skipped": [], "test_name": test_name}
+    out: dict = {"format": CACHE_FORMAT, "classes": classes, "skipped": list(listing.skipped),
+                 "test_name": test_name}
     shape: tuple[int, ...] | None = None
     first_name = ""
     with (
@@ -173,7 +223,7 @@ def _decode_all(
             for cls, shown, src in items:
                 bar.update(1)
                 try:
-                    data = src.read_bytes() if isinstance(src, Path) else src
+                    data = read_regular_file(src) if isinstance(src, Path) else src
                     img = _decode(data, shown)
                 except Exception as e:
                     if not skip_corrupt:
@@ -199,6 +249,14 @@ def _decode_all(
                 n += 1
             if images is None:
                 raise ReslabError(f"{source}: no readable images in {split}/")
+            counts = torch.bincount(labels[:n], minlength=len(classes))
+            if (counts == 0).any():
+                lost = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
+                raise ReslabError(
+                    f"{source}: no readable images of class {', '.join(lost[:5])} in {split}/ "
+                    "(all were skipped); the number of classes must not change silently: fix "
+                    "or replace its images"
+                )
             out[f"{split}_images"] = images[:n].clone() if n < len(items) else images
             out[f"{split}_labels"] = labels[:n].clone()
     return out
@@ -232,9 +290,11 @@ def load_image_folder(
     """Load an image folder (directory or tar of one), decoding once and caching.
 
     Class names are the sorted folder names of `train/`; the test split is `test/`,
-    or `val/` when there is no `test/` (and a `val/` beside `test/` becomes `val`).
-    Unreadable images raise ReslabError naming the file, or with `skip_corrupt` are
-    skipped with a warning.
+    or `val/` when there is no `test/` (and a `val/` beside `test/` becomes `val`); every
+    split must have the same class folders, each with images. Unreadable images (and
+    entries named like images that are not regular files: FIFOs, broken links) raise
+    ReslabError naming the file, or with `skip_corrupt` are skipped with a warning; a
+    class left without images is an error either way.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -251,24 +311,24 @@ def load_image_folder(
         if d is not None and d["skipped"]:
             if not skip_corrupt:
                 raise ReslabError(
-                    f"cannot decode image {d['skipped'][0]} ({len(d['skipped'])} unreadable "
+                    f"cannot read image {d['skipped'][0]} ({len(d['skipped'])} unreadable "
                     "in all); fix or delete it, or pass skip_corrupt=True (--skip-corrupt)"
                 )
             for shown in d["skipped"]:
                 warnings.warn(f"skipping unreadable image {shown}", stacklevel=2)
     if d is None:
-        if path.is_dir():
-            root = find_folder_root(path)
-            if root is None:
-                raise ReslabError(
-                    f"{path} is not an image folder: expected {path}/train/<class>/* and "
-                    f"{path}/test/<class>/* (or val/)"
-                )
-            entries = _dir_entries(root)
-        else:
-            entries = _tar_entries(path)
+        root = find_folder_root(path) if path.is_dir() else None
+        if path.is_dir() and root is None:
+            raise ReslabError(
+                f"{path} is not an image folder: expected {path}/train/<class>/* and "
+                f"{path}/test/<class>/* (or val/)"
+            )
         try:
-            d = _decode_all(entries, path, skip_corrupt, progress)
+            if root is not None:
+                listing = _dir_listing(root, skip_corrupt)
+            else:
+                listing = _tar_listing(path, skip_corrupt)
+            d = _decode_all(listing, path, skip_corrupt, progress)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
             raise ReslabError(f"cannot read {path}: {e}") from None
         if cache_file is not None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from torch import nn
 
@@ -21,6 +23,11 @@ from reslab.models.cifar import CIFAR_DEPTHS, cifar_resnet, is_cifar_depth
 from reslab.models.imagenet import IMAGENET_CONFIGS, imagenet_resnet
 
 _NAME = re.compile(r"^(cifar_)?(resnet|plain)(\d+)$")
+
+#: The most classes a network may have: far beyond the paper's data sets (and
+#: ImageNet-21k's 21,841), and a guard against a mistyped or forged value asking for a
+#: terabyte-sized last layer.
+MAX_NUM_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,11 @@ def resolve(
         )
     if num_classes is None:
         num_classes = 1000 if family == "imagenet" else 10
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ReslabError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+            or not 1 <= num_classes <= MAX_NUM_CLASSES):
+        raise ReslabError(
+            f"num_classes must be an integer from 1 to {MAX_NUM_CLASSES:,}, got {num_classes!r}"
+        )
     if residual:
         if shortcut is None:
             shortcut = "B" if family == "imagenet" else "A"
@@ -103,6 +113,39 @@ def resolve(
         shortcut=shortcut,
         stride_in_1x1=True if stride_in_1x1 is None else bool(stride_in_1x1),
     )
+
+
+def spec_from_dict(d: Any) -> ModelSpec:
+    """The ModelSpec that a `ModelSpec.to_dict()` read back from a file describes, checked
+    before anything is built: a known name, `num_classes` an integer from 1 to
+    MAX_NUM_CLASSES, shortcut A/B/C (None for plain nets), true/false flags that are
+    booleans, and family/depth/residual agreeing with the name. ReslabError naming the
+    problem otherwise."""
+    if not isinstance(d, Mapping):
+        raise ReslabError(f"a model spec must be a dict, got {type(d).__name__}")
+    name = d.get("name")
+    if not isinstance(name, str):
+        raise ReslabError(f"the model spec has no model name (name: {name!r:.40})")
+    for key in ("residual", "stride_in_1x1"):
+        if d.get(key) is not None and not isinstance(d[key], bool):
+            raise ReslabError(f"the model spec's {key} must be true or false, got {d[key]!r:.40}")
+    num_classes = d.get("num_classes")
+    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(
+            num_classes, bool) or not 1 <= num_classes <= MAX_NUM_CLASSES):
+        raise ReslabError(f"the model spec's num_classes must be an integer from 1 to "
+                          f"{MAX_NUM_CLASSES:,}, got {num_classes!r:.40}")
+    shortcut = d.get("shortcut")
+    if shortcut is not None and shortcut not in SHORTCUT_OPTIONS:
+        raise ReslabError(f"the model spec's shortcut must be A, B, C or null, got "
+                          f"{shortcut!r:.40}")
+    residual = d.get("residual", True)
+    spec = resolve(name, num_classes, shortcut if residual else None, d.get("stride_in_1x1"))
+    for key in ("family", "depth", "residual"):
+        if key in d and (d[key] != getattr(spec, key) or type(d[key]) is not type(
+                getattr(spec, key))):
+            raise ReslabError(f"the model spec is inconsistent: {spec.name} has {key} "
+                              f"{getattr(spec, key)!r}, the spec says {d[key]!r:.40}")
+    return spec
 
 
 def build(spec: ModelSpec) -> nn.Module:
