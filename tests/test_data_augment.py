@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from reslab.data import Preprocess, load_image_data, per_pixel_mean, random_crop_flip
+from reslab.data import (
+    Preprocess,
+    load_image_data,
+    per_channel_mean_std,
+    per_pixel_mean,
+    random_crop_flip,
+)
 
 
 def _windows(padded: torch.Tensor, h: int, w: int) -> list[torch.Tensor]:
@@ -84,6 +92,52 @@ def test_per_pixel_mean_matches():
     torch.testing.assert_close(m, images.float().mean(0) / 255, atol=1e-6, rtol=0)
 
 
+def test_one_estimator_for_a_tensor_or_an_iterable():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (50, 3, 6, 7), dtype=torch.uint8, generator=g)
+    m = per_pixel_mean(images)
+    chunks = [images[:17], images[17:20], *images[20:]]  # batches and single images
+    assert torch.equal(per_pixel_mean(iter(chunks)), m)
+    assert torch.equal(per_pixel_mean(images, chunk=7), m)
+    cm, cs = per_channel_mean_std(images)
+    for got, want in zip(per_channel_mean_std(iter(chunks)), (cm, cs), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double() / 255
+    torch.testing.assert_close(cm, pixels.mean(1).float())
+    torch.testing.assert_close(cs, pixels.std(1, correction=0).float())
+    # per channel: images of different sizes, every pixel counted once
+    mixed = [images[0], images[1, :, :4, :5]]
+    flat = torch.cat([mixed[0].flatten(1), mixed[1].flatten(1)], 1).double() / 255
+    torch.testing.assert_close(per_channel_mean_std(mixed)[0], flat.mean(1).float())
+    with pytest.raises(ValueError, match="one size"):
+        per_pixel_mean(mixed)
+    with pytest.raises(ValueError):
+        per_pixel_mean([])
+    with pytest.raises(ValueError):
+        per_channel_mean_std(images[:0])
+
+
+def test_preprocess_resizes_a_per_pixel_mean_to_any_size():
+    g = torch.Generator().manual_seed(0)
+    mean = torch.rand(3, 8, 8, generator=g)
+    pre = Preprocess(mean)
+    for h, w in ((5, 6), (12, 16), (8, 8)):
+        x = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=g)
+        # what reslab.data.imagenet.Normalize computed: bilinear, antialiased, no corners
+        resized = F.interpolate(mean[None], size=(h, w), mode="bilinear",
+                                align_corners=False, antialias=True)[0]
+        want = x.float() / 255 - resized
+        torch.testing.assert_close(pre(x), want)
+        torch.testing.assert_close(pre(x.float() / 255), want)
+        torch.testing.assert_close(pre(x[1]), want[1])  # one (C, H, W) image
+    x = torch.rand(2, 3, 5, 6)
+    assert pre.stats_for(x)[0] is pre.stats_for(x)[0]  # resized once per (size, device, dtype)
+    assert pre(x.double()).dtype == torch.float64
+    assert Preprocess(mean).to_dict()["mean"].shape == (3, 8, 8)  # the stored mean, not resized
+    clone = pickle.loads(pickle.dumps(pre))  # to DataLoader workers: without the cache
+    assert clone._cache == {} and torch.equal(clone(x), pre(x))
+
+
 def test_preprocess_centres_training_set():
     data = load_image_data("synthetic:600:100")
     pre = Preprocess(per_pixel_mean(data.train.images))
@@ -120,6 +174,7 @@ def test_test_view_is_plain_preprocess():
     torch.testing.assert_close(out, images.float() / 255 - images.float().mean(0) / 255)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda():
     x = torch.randn(8, 3, 32, 32, device="cuda")

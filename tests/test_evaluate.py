@@ -8,10 +8,15 @@ from torch import nn
 from torchvision.io import encode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from reslab.data.imagenet import ImageFolderDataset, Normalize
+from reslab.data.augment import Preprocess
+from reslab.data.imagenet import ImageFolderDataset
+from reslab.engine import Engine
 from reslab.errors import ReslabError
 from reslab.evaluate import (
+    accumulate_errors,
+    error_sums,
     evaluate_imagenet,
+    evaluate_tensors,
     multiscale_logits,
     ten_crop_logits,
     ten_crops,
@@ -114,7 +119,7 @@ def _folder(tmp_path, n=4):
 def test_evaluate_imagenet_protocols(tmp_path):
     ds = _folder(tmp_path)
     net = _net(classes=3)
-    norm = Normalize([0.5, 0.5, 0.5])
+    norm = Preprocess(torch.rand(3, 20, 20))  # per-pixel: resized for multi-scale views
     r1 = evaluate_imagenet(net, ds, crops=1, normalize=norm, resize=24, crop=20,
                            images_per_batch=5)
     r10 = evaluate_imagenet(net, ds, crops=10, normalize=norm, resize=24, crop=20)
@@ -127,8 +132,8 @@ def test_evaluate_imagenet_protocols(tmp_path):
     net.eval()
     scores, labels = [], []
     for img, y in ds:
-        x = norm(TF.resize(img, [24], antialias=True).float() / 255)
-        scores.append(ten_crop_logits(net, x, 20))
+        x = TF.resize(img, [24], antialias=True).float() / 255
+        scores.append(ten_crop_logits(net, x, 20, normalize=norm))  # the mean of each crop
         labels.append(y)
     want = topk_errors(torch.stack(scores), torch.tensor(labels))
     assert r10.top1_error == pytest.approx(want[1])
@@ -145,3 +150,26 @@ def test_evaluate_imagenet_protocols(tmp_path):
         evaluate_imagenet(net, ds, crops=5)
     with pytest.raises(ReslabError):
         evaluate_imagenet(net, ds, crops=10, scales=(24,))
+
+
+def test_error_sums_is_the_one_loop():
+    net = _net(classes=5).train()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (11, 3, 12, 12), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 5, (11,), generator=g)
+    pre = Preprocess(images.float().mean(0) / 255)
+    engine = Engine(torch.device("cpu"))
+    sums = error_sums(net, [(images[:6], labels[:6]), (images[6:], labels[6:])], pre, engine)
+    assert net.training  # mode restored
+    net.eval()
+    want = [0.0] * 4
+    with torch.no_grad():
+        accumulate_errors(want, net(pre(images)), labels)
+    assert sums[1:] == want[1:] and sums[3] == 11
+    assert sums[0] == pytest.approx(want[0], rel=1e-5)
+    # float [0, 1] batches give the same, and evaluate_tensors is error_sums over slices
+    fsums = error_sums(net, [(images.float() / 255, labels)], pre, engine)
+    assert fsums[0] == pytest.approx(sums[0], rel=1e-5) and fsums[1:] == sums[1:]
+    r = evaluate_tensors(net, images, labels, pre, batch_size=4, channels_last=True)
+    assert (r.images, r.top1_error, r.top5_error) == (11, sums[1] / 11, sums[2] / 11)
+    assert r.loss == pytest.approx(sums[0] / 11, rel=1e-5)

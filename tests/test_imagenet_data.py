@@ -9,25 +9,25 @@ import torch
 from torchvision.io import encode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
+from reslab.data.augment import Preprocess, per_channel_mean_std, per_pixel_mean
 from reslab.data.imagenet import (
     IMAGENET_EIGVAL,
     IMAGENET_EIGVEC,
     ImageFolderDataset,
     Lighting,
-    Normalize,
     RandomScaleCrop,
     RandomShorterSideResize,
     ShardSampler,
-    channel_mean_std,
+    estimate_mean,
     imagenet_batch_transform,
     imagenet_eval_transform,
-    imagenet_loaders,
     imagenet_train_transform,
-    pixel_mean,
+    list_collate,
+    mean_sample,
+    photometric,
     scale_crop,
 )
 from reslab.errors import ReslabError
-from reslab.train.imagenet_recipe import IMAGENET_RECIPE, PlateauSchedule
 
 
 def _img(h: int = 30, w: int = 40, seed: int = 0) -> torch.Tensor:
@@ -124,19 +124,37 @@ def test_lighting_zero_mean_shape_and_off():
         light(torch.zeros(3, 4, 4, dtype=torch.uint8))
 
 
-def test_normalize_per_pixel_and_channel():
+def test_preprocess_on_float_images_per_pixel_and_channel():
     x = torch.rand(2, 3, 8, 8)
-    assert torch.allclose(Normalize([0.1, 0.2, 0.3], [0.5, 0.5, 0.5])(x),
+    assert torch.allclose(Preprocess([0.1, 0.2, 0.3], [0.5, 0.5, 0.5])(x),
                           (x - torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1)) / 0.5)
     mean = torch.rand(3, 8, 8)
-    assert torch.allclose(Normalize(mean)(x), x - mean)
-    const = Normalize(torch.full((3, 16, 16), 0.25))(x)  # resized to the input's size
+    assert torch.allclose(Preprocess(mean)(x), x - mean)
+    assert torch.allclose(Preprocess(mean)(x[0]), x[0] - mean)  # one image (C, H, W)
+    const = Preprocess(torch.full((3, 16, 16), 0.25))(x)  # resized to the input's size
     assert torch.allclose(const, x - 0.25, atol=1e-6)
+    assert torch.equal(x, x.clone())  # input untouched
 
 
 def test_batch_transform_on_uint8_batches():
     out = imagenet_batch_transform([0.5] * 3, lighting=0.1)(_img()[None].repeat(4, 1, 1, 1))
     assert out.shape == (4, 3, 30, 40) and out.dtype == torch.float32
+
+
+def test_photometric_is_lighting_then_mean_with_a_seeded_generator():
+    x = _img()[None].repeat(4, 1, 1, 1)
+    mean, std = torch.rand(3, 20, 20), torch.tensor([0.2, 0.25, 0.5])
+    pre, light = Preprocess(mean, std), Lighting(0.1)
+    a = photometric(x, pre, light, torch.Generator().manual_seed(1))
+    b = photometric(x, pre, light, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == (4, 3, 30, 40) and a.dtype == torch.float32
+    # literally: float [0, 1] + one RGB offset per image, then (x - mean) / std
+    rgb = light.noise((4,), generator=torch.Generator().manual_seed(1))[:, :, None, None]
+    want = pre(x.float() / 255 + rgb)
+    assert torch.allclose(a, want, atol=1e-5)
+    assert torch.equal(photometric(x, pre, None), pre(x))
+    assert torch.equal(photometric(x, pre, Lighting(0.0)), pre(x))
+    assert photometric(x[0], pre, light).shape == (3, 30, 40)
 
 
 def _make_folder(root: Path, per_class: int = 3) -> Path:
@@ -150,36 +168,33 @@ def _make_folder(root: Path, per_class: int = 3) -> Path:
     return root
 
 
-def test_image_folder_dataset_and_loaders(tmp_path):
+def test_image_folder_dataset(tmp_path):
     root = _make_folder(tmp_path / "imnet")
     ds = ImageFolderDataset(root / "train")
     assert ds.classes == ["cat", "dog"] and len(ds) == 6
     img, label = ds[4]
     assert img.dtype == torch.uint8 and img.shape == (3, 31, 40) and label == 1
 
-    train, val = imagenet_loaders(root, batch_size=4, workers=0, distributed=False, seed=0,
-                                  mean=[0.5, 0.5, 0.5], scale=(24, 36), crop=20,
-                                  val_resize=24, mean_samples=4)
-    x, y = next(iter(train))
-    assert x.shape == (4, 3, 20, 20) and x.dtype == torch.float32 and y.shape == (4,)
-    assert len(train) == 1  # 6 images, batch 4, drop_last
-    vx = torch.cat([b[0] for b in val])
-    assert vx.shape == (6, 3, 20, 20)
-
-    # mean=None estimates the per-pixel mean; workers > 0 are persistent
-    train2, _ = imagenet_loaders(root, batch_size=2, workers=1, distributed=False, seed=0,
-                                 scale=(24, 36), crop=20, val_resize=24, mean_samples=4)
-    assert train2.persistent_workers
-    assert next(iter(train2))[0].shape == (2, 3, 20, 20)
-
 
 def test_mean_estimates(tmp_path):
     root = _make_folder(tmp_path / "imnet")
     ds = ImageFolderDataset(root / "train", transform=lambda x: x[:, :1])  # bypassed
-    m, s = channel_mean_std(ds, n=100)
+    whole = list(mean_sample(ds, n=100))
+    assert len(whole) == 6 and {tuple(img.shape) for img in whole} == {(3, 30, 40),
+                                                                        (3, 31, 40),
+                                                                        (3, 32, 40)}
+    m, s = per_channel_mean_std(whole)
     assert m.shape == (3,) and 0.4 < float(m.mean()) < 0.6 and 0.2 < float(s.mean()) < 0.35
-    pm = pixel_mean(ds, n=100, size=24, crop=20)
+    assert torch.equal(estimate_mean(ds, "per-channel", n=100), m)
+    pm = estimate_mean(ds, "per-pixel", n=100, resize=24, crop=20)
     assert pm.shape == (3, 20, 20) and 0.4 < float(pm.mean()) < 0.6
+    crops = [TF.center_crop(TF.resize(img, [24], antialias=True), [20]) for img in whole]
+    torch.testing.assert_close(pm, per_pixel_mean(torch.stack(crops)))
+    assert len(list(mean_sample(ds, n=4, seed=1))) == 4
+    with pytest.raises(ReslabError):
+        estimate_mean(ds, "per-image")
+    images, labels = list_collate([(whole[0], 1), (whole[1], 0)])
+    assert images[0] is whole[0] and labels.tolist() == [1, 0]
 
 
 def test_corrupt_and_missing_files(tmp_path):
@@ -200,32 +215,3 @@ def test_corrupt_and_missing_files(tmp_path):
 def test_shard_sampler_disjoint_and_complete():
     shards = [list(ShardSampler(10, rank=r, world=3)) for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(10))
-
-
-def test_recipe_values_and_plateau():
-    r = IMAGENET_RECIPE
-    assert (r.batch_size, r.lr, r.weight_decay, r.momentum) == (256, 0.1, 1e-4, 0.9)
-    assert (r.max_iterations, r.scale, r.crop, r.test_crops) == (600_000, (256, 480), 224, 10)
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = PlateauSchedule(opt, patience=1)
-    for err in (0.5, 0.4, 0.4, 0.4):
-        sched.step(err)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
-
-
-def test_loaders_distributed_single_process(tmp_path):
-    import torch.distributed as dist
-    from torch.utils.data import DistributedSampler
-
-    root = _make_folder(tmp_path / "imnet")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
-                            world_size=1)
-    try:
-        train, val = imagenet_loaders(root, batch_size=2, workers=0, distributed=True, seed=3,
-                                      mean=[0.5] * 3, scale=(24, 36), crop=20, val_resize=24)
-        assert isinstance(train.sampler, DistributedSampler) and train.sampler.seed == 3
-        train.sampler.set_epoch(1)
-        assert sum(x.shape[0] for x, _ in train) == 6
-        assert isinstance(val.sampler, ShardSampler) and len(val.sampler) == 6
-    finally:
-        dist.destroy_process_group()

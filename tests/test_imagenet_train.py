@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from reslab.cli import main
+from reslab.train.recipes import TrainConfig
 from tiny_imagenet import SMALL, make_tiny_imagenet
 
 
@@ -31,7 +32,7 @@ def test_checkpoint_carries_the_recipe_and_the_per_pixel_mean(trained):
     assert tuple(ckpt["preprocess"]["mean"].shape) == (3, 32, 32)
     cfg = ckpt["config"]
     assert cfg["recipe"] == "imagenet" and cfg["lr_policy"] == "plateau"
-    assert cfg["extra"]["scale"] == [40, 56] and cfg["extra"]["test_resize"] == 36
+    assert cfg["scale"] == [40, 56] and cfg["test_resize"] == 36 and cfg["crop"] == 32
     assert "plateau" in ckpt["schedule"]
 
 
@@ -68,10 +69,9 @@ def test_eval_prints_errors(trained, capsys):
 
 
 def test_paper_sizes_by_default_and_bad_sizes(tmp_path, capsys):
-    from reslab.train.imagenet_recipe import IMAGENET_RECIPE, recipe_with
-
-    assert recipe_with({}) == IMAGENET_RECIPE
-    assert (IMAGENET_RECIPE.scale, IMAGENET_RECIPE.crop) == ((256, 480), 224)
+    cfg = TrainConfig.imagenet()
+    assert (cfg.scale, cfg.crop, cfg.test_resize, cfg.lighting) == ((256, 480), 224, 256, 0.1)
+    assert (cfg.batch_size, cfg.iterations, cfg.lr_policy) == (256, 600_000, "plateau")
     root = make_tiny_imagenet(tmp_path / "tiny", classes=2, train=2, val=1)
     base = ["train", "--model", "resnet18", "--recipe", "imagenet", "--data", str(root),
             "--iterations", "1", "--batch-size", "2", "--device", "cpu", "--no-progress",

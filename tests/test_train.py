@@ -16,8 +16,8 @@ from reslab.cli import main
 from reslab.data import load_image_data
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import load_checkpoint
-from reslab.train.recipes import TrainConfig, cifar_recipe, resolved_milestones
-from reslab.train.schedule import StepSchedule, needs_warmup, scale_milestones
+from reslab.train.recipes import TrainConfig, cifar_recipe
+from reslab.train.schedule import PlateauSchedule, StepSchedule, needs_warmup, scale_milestones
 from reslab.train.trainer import read_metrics, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,14 +43,14 @@ def tiny_cfg(out: Path, **kw) -> TrainConfig:
 def test_paper_recipe_values():
     cfg = cifar_recipe()
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (0.1, 0.9, 1e-4, 128)
-    assert cfg.iterations == 64_000 and resolved_milestones(cfg, 64_000) == (32_000, 48_000)
+    assert cfg.iterations == 64_000 and cfg.milestones_for(64_000) == (32_000, 48_000)
 
 
 def test_milestones_scale_with_iterations():
     assert scale_milestones(64_000) == (32_000, 48_000)
     assert scale_milestones(6_400) == (3_200, 4_800)
     assert scale_milestones(1_000) == (500, 750)
-    assert resolved_milestones(TrainConfig(milestones=(5, 7)), 100) == (5, 7)
+    assert TrainConfig(milestones=(5, 7)).milestones_for(100) == (5, 7)
 
 
 def test_step_lr_divides_by_ten_at_milestones():
@@ -58,6 +58,19 @@ def test_step_lr_divides_by_ten_at_milestones():
     assert s.lr(0) == 0.1 and s.lr(31_999) == 0.1
     assert s.lr(32_000) == pytest.approx(0.01) and s.lr(47_999) == pytest.approx(0.01)
     assert s.lr(48_000) == pytest.approx(0.001) and s.lr(63_999) == pytest.approx(0.001)
+
+
+def test_plateau_divides_by_ten_when_the_error_stalls():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = PlateauSchedule(opt, patience=1)
+    for err in (0.5, 0.4, 0.4):
+        sched.after_eval(err)
+    assert sched.lr(0) == pytest.approx(0.1)
+    sched.after_eval(0.4)  # the second evaluation without improvement
+    assert sched.lr(0) == pytest.approx(0.01)
+    again = PlateauSchedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 1)
+    again.load_state_dict(sched.state_dict())
+    assert again.plateau.best == pytest.approx(0.4)
 
 
 def test_warmup_rule():
@@ -181,13 +194,13 @@ def test_existing_run_needs_resume(tmp_path, tiny_data):
 
 def test_resume_with_another_model_is_refused(tmp_path, tiny_data):
     train(tiny_cfg(tmp_path / "x", iterations=4), tiny_data)
-    with pytest.raises(ReslabError, match="resnet8 run"):
+    with pytest.raises(ReslabError, match=r"resnet8 \(shortcut A\) run, not resnet14"):
         train(tiny_cfg(tmp_path / "x", iterations=8, model="resnet14", resume=True), tiny_data)
 
 
 def test_bad_config_is_a_clear_error():
     with pytest.raises(ReslabError, match="--batch-size"):
-        TrainConfig(batch_size=0).validate()
+        TrainConfig(batch_size=0)
     with pytest.raises(ReslabError, match="--lr"):
         cifar_recipe(lr=-1)
 

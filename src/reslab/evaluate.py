@@ -6,14 +6,17 @@ The CIFAR test protocol is the single original view (Sec. 4.2); the ImageNet
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from reslab.data.imagenet import list_collate
+from reslab.engine import Engine
 from reslab.errors import ReslabError
 
 
@@ -47,38 +50,17 @@ class EvalResult:
                 "loss": self.loss, "images": self.images}
 
 
-@torch.no_grad()
-def evaluate_tensors(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    preprocess,
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> EvalResult:
-    """Evaluate on uint8 images (N, C, H, W) with the single-view protocol.
+class _EvalMode:
+    """Put a model in eval mode for a block and restore its mode after."""
 
-    `preprocess` maps a uint8 batch on `device` to the float input of the model.
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]
-    for i in range(0, labels.numel(), batch_size):
-        x = images[i : i + batch_size].to(device, non_blocking=True)
-        y = labels[i : i + batch_size].to(device, non_blocking=True)
-        x = preprocess(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
-                            enabled=autocast_dtype is not None):
-            logits = model(x)
-        accumulate_errors(sums, logits.float(), y)
-    model.train(was_training)
-    loss_sum, wrong1, wrong5, n = sums
-    return EvalResult(wrong1 / n, wrong5 / n, loss_sum / n, int(n))
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.model.train(self.was_training)
 
 
 def accumulate_errors(sums: list[float], logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -92,6 +74,58 @@ def accumulate_errors(sums: list[float], logits: torch.Tensor, labels: torch.Ten
     sums[3] += n
 
 
+@torch.no_grad()
+def error_sums(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    engine: Engine,
+) -> list[float]:
+    """The one evaluation loop: [loss sum, top-1 wrong, top-5 wrong, images] over `batches`
+    of (x, y) (the form summed over ranks under DDP).
+
+    Each x (uint8, or float in [0, 1]) is moved to `engine.device` and mapped to model input
+    by `preprocess` (a `Preprocess`) there; `engine(model, x)` runs the forward pass, with
+    the model in eval mode (its mode is restored after). Single view: the CIFAR test
+    protocol (Sec. 4.2) or a centre crop (Sec. 3.4).
+    """
+    sums = [0.0, 0.0, 0.0, 0.0]
+    with _EvalMode(model):
+        for x, y in batches:
+            x = preprocess(x.to(engine.device, non_blocking=True))
+            y = torch.as_tensor(y).to(engine.device, non_blocking=True)
+            accumulate_errors(sums, engine(model, x).float(), y)
+    return sums
+
+
+def _slices(images: torch.Tensor, labels: torch.Tensor, batch_size: int
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, labels.numel(), batch_size):
+        yield images[i : i + batch_size], labels[i : i + batch_size]
+
+
+def evaluate_tensors(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> EvalResult:
+    """Evaluate on uint8 images (N, C, H, W) with the single-view protocol (`error_sums`).
+
+    `preprocess` maps a uint8 batch on `device` to the float input of the model.
+    """
+    if labels.numel() == 0:
+        raise ReslabError("nothing to evaluate: no images")
+    engine = Engine(torch.device(device), autocast_dtype, channels_last)
+    loss_sum, wrong1, wrong5, n = error_sums(model, _slices(images, labels, batch_size),
+                                             preprocess, engine)
+    return EvalResult(wrong1 / n, wrong5 / n, loss_sum / n, int(n))
+
+
 # ---------------------------------------------------------------------------------------
 # ImageNet testing protocols (Sec. 3.4): single centre crop, 10-crop, multi-scale.
 
@@ -101,19 +135,6 @@ _AVERAGES = ("softmax", "logits")
 def _check_average(average: str) -> None:
     if average not in _AVERAGES:
         raise ReslabError(f"average must be one of {_AVERAGES}, got {average!r}")
-
-
-class _EvalMode:
-    """Put a model in eval mode for a block and restore its mode after."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was_training)
 
 
 def _scores(model: nn.Module, x: torch.Tensor, average: str) -> torch.Tensor:
@@ -145,8 +166,9 @@ def ten_crop_logits(model: nn.Module, images: torch.Tensor, crop: int = 224,
     (`average="softmax"`, the paper's; the result is then probabilities, not logits) or
     of the logits (`average="logits"`).
 
-    `images`: model-ready (C, H, W) or (N, C, H, W) of one size, or, with `normalize`,
-    float images that `normalize` maps to model input crop by crop. Returns (K,) or (N, K).
+    `images`: model-ready (C, H, W) or (N, C, H, W) of one size, or, with `normalize` (a
+    `Preprocess` or any callable), float images that it maps to model input crop by crop.
+    Returns (K,) or (N, K).
     """
     _check_average(average)
     single = images.dim() == 3
@@ -172,8 +194,9 @@ def multiscale_logits(model: nn.Module, image: torch.Tensor,
     score map's inputs), and average the softmax scores (or logits) over the scales, and
     over the horizontal flips too with `flip=True`.
 
-    `image`: float (C, H, W) or (N, C, H, W), model-ready or mapped by `normalize` after
-    each resize (so a per-pixel mean is resized to the image). Returns (K,) or (N, K).
+    `image`: float (C, H, W) or (N, C, H, W), model-ready or mapped by `normalize` (a
+    `Preprocess` or any callable) after each resize (a `Preprocess` resizes a per-pixel
+    mean to the view). Returns (K,) or (N, K).
     """
     _check_average(average)
     if not scales:
@@ -210,12 +233,8 @@ def _as_float(img: torch.Tensor) -> torch.Tensor:
     return img.float() / 255 if not img.is_floating_point() else img
 
 
-def _collate_list(batch):
-    return [b[0] for b in batch], torch.tensor([int(b[1]) for b in batch])
-
-
 @torch.no_grad()
-def evaluate_imagenet(
+def imagenet_batch_scores(
     model: nn.Module,
     data,
     crops: int = 1,
@@ -229,18 +248,20 @@ def evaluate_imagenet(
     images_per_batch: int = 25,
     workers: int = 0,
     autocast_dtype: torch.dtype | None = None,
-) -> EvalResult:
-    """Top-1/top-5 error with an ImageNet testing protocol (Sec. 3.4, Tables 2-4).
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(scores, labels) per batch under an ImageNet testing protocol (Sec. 3.4, Tables 2-4):
+    the one loop behind `evaluate_imagenet` and `evaluate_imagenet_scores`.
 
     `data` is a Dataset of `(image, label)` or an iterable (DataLoader) of `(images,
     labels)` batches, where images are
-      * float batches (N, C, crop, crop), e.g. `imagenet_loaders`' val loader: with
-        crops=1 and no scales, passed to the model as they are (after `normalize`, if
-        given: so pass float [0, 1] batches with it, model-ready ones without), or
+      * float batches (N, C, crop, crop): with crops=1 and no scales, passed to the model as
+        they are (after `normalize`, if given: so pass float [0, 1] batches with it,
+        model-ready ones without), or
       * uint8 (or float [0, 1]) images at their original size, (C, H, W) each (a Dataset
         such as `ImageFolderDataset(root / "val")`, or lists from a loader), or a
-        same-size (N, C, H, W) uint8 batch; `normalize` (e.g. `reslab.data.imagenet.
-        Normalize(mean, std)`) maps each view to model input.
+        same-size (N, C, H, W) uint8 batch; `normalize` (a `reslab.data.Preprocess`,
+        which resizes a per-pixel mean to each view, or any callable) maps each float
+        [0, 1] view to model input.
     Protocols for raw images: crops=1: shorter side `resize`, centre crop; crops=10:
     shorter side `resize`, `ten_crops`; `scales`: `multiscale_logits` (whole images,
     `flip` adds their flips). Scores are averaged as softmax (the paper) or logits.
@@ -254,10 +275,7 @@ def evaluate_imagenet(
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(
             data, torch.utils.data.IterableDataset):
         data = torch.utils.data.DataLoader(data, batch_size=images_per_batch,
-                                           num_workers=workers, collate_fn=_collate_list)
-    correct = {1: 0, 5: 0}
-    loss_sum = 0.0
-    n = 0
+                                           num_workers=workers, collate_fn=list_collate)
 
     def views_of(img: torch.Tensor) -> torch.Tensor:
         img = TF.resize(img.to(device, non_blocking=True), [resize], antialias=True)
@@ -281,10 +299,33 @@ def evaluate_imagenet(
                 v = torch.cat([views_of(img) for img in images])
                 per = 10 if crops == 10 else 1
                 scores = _scores(model, v, average).view(len(images), per, -1).mean(1)
-            loss_sum += _loss(scores, labels, average)
-            for k, c in topk_correct(scores, labels, (1, 5)).items():
-                correct[k] += c
-            n += labels.numel()
+            yield scores, labels
+
+
+def evaluate_imagenet(model: nn.Module, data, crops: int = 1,
+                      scales: Sequence[int] | None = None, average: str = "softmax",
+                      **options: Any) -> EvalResult:
+    """Top-1/top-5 error and loss with an ImageNet testing protocol (Sec. 3.4); `options`
+    are `imagenet_batch_scores`'s (device, normalize, resize, crop, flip, ...)."""
+    correct, loss_sum, n = {1: 0, 5: 0}, 0.0, 0
+    for scores, labels in imagenet_batch_scores(model, data, crops, scales, average=average,
+                                                **options):
+        loss_sum += _loss(scores, labels, average)
+        for k, c in topk_correct(scores, labels, (1, 5)).items():
+            correct[k] += c
+        n += labels.numel()
     if n == 0:
         raise ReslabError("nothing to evaluate: the dataset is empty")
     return EvalResult(1 - correct[1] / n, 1 - correct[5] / n, loss_sum / n, n)
+
+
+def evaluate_imagenet_scores(model: nn.Module, data, crops: int = 1,
+                             scales: Sequence[int] | None = None, **options: Any
+                             ) -> torch.Tensor:
+    """Per-image softmax scores (N, K), on the CPU, under an ImageNet testing protocol: what
+    an ensemble averages over its members (Table 5)."""
+    parts = [s.float().cpu() for s, _ in imagenet_batch_scores(model, data, crops, scales,
+                                                                average="softmax", **options)]
+    if not parts:
+        raise ReslabError("nothing to evaluate: the dataset is empty")
+    return torch.cat(parts)

@@ -10,13 +10,14 @@ import argparse
 import importlib
 import sys
 
+from reslab import __version__
+from reslab.errors import ReslabError
+
 #: subcommand modules under reslab.cli, in `--help` order.
 COMMANDS = ("models", "info", "train", "eval", "predict", "export", "reproduce", "responses")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reslab import __version__
-
     parser = argparse.ArgumentParser(
         prog="reslab",
         description="Deep Residual Learning for Image Recognition (He et al., 2015): "
@@ -30,15 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reslab.errors import ReslabError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
+    command = "reslab"
+    try:  # Ctrl-C while torch and the subcommands load is an interruption too
+        args = build_parser().parse_args(argv)
+        command = f"reslab {args.command}"
         return int(args.func(args) or 0)
     except ReslabError as e:
-        print(f"reslab {args.command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"reslab {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130

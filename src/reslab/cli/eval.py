@@ -1,110 +1,139 @@
-"""`reslab eval`: top-1 / top-5 error of trained weights on a test split."""
+"""`reslab eval`: top-1 / top-5 error of trained weights (one model or an ensemble)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import warnings
+
+import torch
+
+from reslab.data import load_image_data
+from reslab.data.imagenet import ImageFolderDataset
+from reslab.engine import make_engine
+from reslab.errors import ReslabError
+from reslab.inference import (
+    LoadedModel,
+    check_classes,
+    cifar_scores,
+    errors_of,
+    imagenet_scores,
+    load_model,
+)
+from reslab.models.registry import resolve
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="top-1/top-5 error of weights on a test split",
-        description="Evaluate weights on the test split of --data with the single-view "
-        "protocol of Sec. 4.2 (for --recipe imagenet: center crop, 10-crop or multi-scale, "
-        "Sec. 3.4). A reslab checkpoint brings its own model and preprocessing; for "
-        "foreign weights (torchvision, timm, safetensors, pytorch_resnet_cifar10) give "
-        "--model, and --mean/--std if they were trained with another normalisation "
-        "(default: the per-pixel mean of the training split, as the paper).",
+        help="top-1/top-5 error of weights (or of an ensemble) on a test split",
+        description="Evaluate weights on the test split of --data with the protocol of the "
+        "recipe they were trained with (a reslab checkpoint records it; --recipe "
+        "overrides): CIFAR (Sec. 4.2) tests the single original view of the test split; "
+        "ImageNet (Sec. 3.4) tests ROOT/val with a centre crop, the 10-crop test (--crops "
+        "10, Tables 2-3) or fully-convolutional multi-scale testing (--scales 224 256 384 "
+        "480 640, Table 4). Several --weights are an ensemble: their softmax scores are "
+        "averaged (Table 5); members may differ in architecture. For foreign weights "
+        "(torchvision, timm, safetensors, pytorch_resnet_cifar10) give --model, and "
+        "--mean/--std if they were trained with another normalisation.",
     )
     p.add_argument("--model", default=None, help="network name (optional for reslab checkpoints)")
-    p.add_argument("--weights", required=True, help="checkpoint, state_dict or safetensors file")
+    p.add_argument("--weights", required=True, nargs="+", metavar="W",
+                   help="checkpoint, state_dict or safetensors file; several: an ensemble")
     p.add_argument("--data", default="cifar10", help="as for `reslab train`")
     p.add_argument("--data-root", default=None)
     p.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
                    help="per-channel mean in [0, 1] units (foreign weights)")
     p.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
                    help="per-channel std in [0, 1] units (foreign weights)")
-    p.add_argument("--recipe", choices=["cifar", "imagenet"], default="cifar")
+    p.add_argument("--recipe", choices=["cifar", "imagenet"], default=None,
+                   help="testing protocol (default: the checkpoint's recipe)")
     p.add_argument("--crops", type=int, choices=[1, 10], default=1,
-                   help="imagenet recipe: 1 center crop or the paper's 10 crops")
+                   help="imagenet protocol: 1 centre crop or the paper's 10 crops")
     p.add_argument("--scales", type=int, nargs="+", default=None,
-                   help="imagenet recipe: fully convolutional multi-scale testing, e.g. "
+                   help="imagenet protocol: fully convolutional multi-scale testing, e.g. "
                    "224 256 384 480 640")
+    p.add_argument("--test-resize", type=int, default=None,
+                   help="imagenet protocol: shorter side before the crops (default: the "
+                   "checkpoint's, paper 256)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="imagenet protocol: crop size (default: the checkpoint's, paper 224)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="imagenet protocol: DataLoader workers decoding the images")
     p.add_argument("--batch-size", type=int, default=500)
-    from reslab.cli.eval_imagenet import add_imagenet_arguments
-
-    add_imagenet_arguments(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true",
                    help='print {"top1_error": ..., "top5_error": ..., "images": ...}')
     p.set_defaults(func=run)
 
 
-def load_for_eval(model_name, weights, mean=None, std=None, data=None):
-    """(model, preprocess, classes, checkpoint) from a reslab checkpoint or foreign weights.
+def _check_args(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise ReslabError("--batch-size must be >= 1")
+    if args.scales is not None and args.crops != 1:
+        raise ReslabError("--scales tests whole images: use it with --crops 1")
+    if args.scales is not None and any(s < 1 for s in args.scales):
+        raise ReslabError("--scales must be positive sizes")
+    if args.model and len(args.weights) > 1:
+        raise ReslabError("--model names the network of one weights file; ensembles take "
+                          "reslab checkpoints")
 
-    The file is read once (safely, `reslab.interop.read_file`); `checkpoint` is the reslab
-    checkpoint dict, or None for foreign weights.
-    """
-    import torch
 
-    from reslab.data import Preprocess, per_pixel_mean
-    from reslab.errors import ReslabError
-    from reslab.interop import load_weights, model_from_checkpoint, read_file
-    from reslab.models.registry import build, resolve
-    from reslab.train.checkpoint import FORMAT
-
-    obj = read_file(weights)
-    ckpt = None
-    if obj.get("format") == FORMAT:
-        model, ckpt = model_from_checkpoint(obj)
-        if model_name and resolve(model_name).name != model.reslab_spec.name:
-            raise ReslabError(f"{weights} holds a {model.reslab_spec.name}, not {model_name}")
-        preprocess = Preprocess.from_dict(ckpt["preprocess"])
-        classes = list(ckpt["classes"])
-    else:
-        if not model_name:
-            raise ReslabError(f"{weights} is not a reslab checkpoint: say which network it is "
-                              "with --model")
-        if data is None:
-            raise ReslabError("foreign weights need --data to know the classes")
-        model = load_weights(build(resolve(model_name, len(data.classes))), obj)
-        classes = list(data.classes)
-        if mean is not None:
-            preprocess = Preprocess(torch.tensor(mean),
-                                    torch.tensor(std) if std is not None else None)
-        else:
-            preprocess = Preprocess(per_pixel_mean(data.train.images),
-                                    torch.tensor(std) if std is not None else None)
-    if data is not None and len(classes) != len(data.classes):
-        raise ReslabError(f"the weights have {len(classes)} classes, the data "
-                          f"{len(data.classes)}")
-    return model, preprocess, classes, ckpt
+def _imagenet_protocol(loaded: LoadedModel, args: argparse.Namespace) -> str:
+    loaded.test_resize = args.test_resize or loaded.test_resize
+    loaded.crop = args.crop or loaded.crop
+    if loaded.crop > loaded.test_resize:
+        raise ReslabError(f"--crop {loaded.crop} must be <= --test-resize {loaded.test_resize}")
+    if args.scales:
+        return f"multi-scale {'/'.join(map(str, args.scales))}"
+    return f"{args.crops}-crop {loaded.crop} of shorter side {loaded.test_resize}"
 
 
 def run(args: argparse.Namespace) -> int:
-    from reslab.data import load_image_data
-    from reslab.evaluate import evaluate_tensors
-    from reslab.train.trainer import pick_device, pick_precision
-
-    device = pick_device(args.device)
-    if args.recipe == "imagenet":
-        from reslab.cli.eval_imagenet import run_imagenet
-
-        return run_imagenet(args, device)
-    data = load_image_data(args.data, root=args.data_root)
-    model, preprocess, _, _ = load_for_eval(args.model, args.weights, args.mean, args.std,
-                                            data)
-    model.to(device)
-    result = evaluate_tensors(model, data.test.images, data.test.labels, preprocess,
-                              args.batch_size, device, pick_precision("auto", device))
+    _check_args(args)
+    engine = make_engine(args.device, "auto")
+    members = [] if args.model else [load_model(w, recipe=args.recipe) for w in args.weights]
+    recipe = args.recipe or (members[0].recipe if members else
+                             "imagenet" if resolve(args.model).family == "imagenet" else "cifar")
+    if recipe == "imagenet":  # reads ROOT/val only
+        split = ImageFolderDataset(os.path.join(args.data, "val"))
+        classes, labels, where = split.classes, torch.tensor(split.targets), f"{args.data}/val"
+        train_images = None
+    else:  # reads the test split only, unless foreign weights need the training mean
+        need_train = bool(args.model) and args.mean is None
+        data = load_image_data(args.data, root=args.data_root,
+                               splits=("train", "test") if need_train else ("test",))
+        classes, labels, where = data.classes, data.test.labels, f"{data.name} test"
+        train_images = data.train.images if need_train else None
+    if args.model:
+        members = [load_model(args.weights[0], args.model, classes=classes, mean=args.mean,
+                              std=args.std, train_images=train_images, recipe=recipe)]
+    scores, protocol = None, "single view"
+    for loaded in members:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_classes(loaded, classes, where)
+        for w in caught:
+            print(f"reslab eval: warning: {w.message}", file=sys.stderr)
+        if recipe == "imagenet":
+            protocol = _imagenet_protocol(loaded, args)
+            s = imagenet_scores(loaded, split, engine, args.crops, args.scales,
+                                max(1, args.batch_size // (10 if args.crops == 10 else 1)),
+                                args.workers)
+        else:
+            s = cifar_scores(loaded, data.test.images, engine, args.batch_size)
+        scores = s if scores is None else scores + s
+    result = errors_of(scores / len(members), labels)
     out = {"top1_error": result.top1_error, "top5_error": result.top5_error,
            "images": result.images}
+    if len(members) > 1:
+        out["members"] = [m.name for m in members]
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{model.reslab_spec.name} on {data.name} test ({result.images} images): "
-              f"top-1 error {100 * result.top1_error:.2f}%, top-5 error "
+        print(f"{' + '.join(m.name for m in members)} on {where} ({result.images} images, "
+              f"{protocol}): top-1 error {100 * result.top1_error:.2f}%, top-5 error "
               f"{100 * result.top5_error:.2f}%")
     return 0

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from reslab.errors import ReslabError
+from reslab.interop import (
+    EXPORT_SUFFIXES,
+    export_model,
+    load_weights,
+    model_from_checkpoint,
+    read_file,
+    read_state_dict,
+)
+from reslab.models.registry import build, resolve
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help="weights or checkpoint file")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
     p.add_argument("--out", default=None,
-                   help="output path (default: beside the weights, e.g. W.onnx)")
+                   help="output file (default: beside the weights, e.g. W.onnx); a folder "
+                   "is refused: name the file, e.g. FOLDER/W.onnx")
     p.add_argument("--input", type=int, default=None,
                    help="input side in pixels (default: 224 for ImageNet nets, 32 for CIFAR)")
     p.add_argument("--num-classes", type=int, default=None,
@@ -35,18 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from reslab.errors import ReslabError
-    from reslab.interop import (
-        EXPORT_SUFFIXES,
-        export_model,
-        load_weights,
-        model_from_checkpoint,
-        read_file,
-        read_state_dict,
-    )
-    from reslab.models.registry import build, resolve
 
     weights = Path(args.weights)
+    default_name = weights.name.split(".")[0] + EXPORT_SUFFIXES[args.format]
+    if args.out and Path(args.out).is_dir():  # checked before the weights are read
+        raise ReslabError(f"--out {args.out} is a folder: give the output file, e.g. "
+                          f"--out {Path(args.out) / default_name}")
     if args.model in (None, "auto"):
         model, _ = model_from_checkpoint(weights)
     else:
@@ -65,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
     size = args.input if args.input is not None else (224 if spec.family == "imagenet" else 32)
     if size < 1:
         raise ReslabError(f"--input must be positive, got {size}")
-    out = Path(args.out) if args.out else weights.with_name(
-        weights.name.split(".")[0] + EXPORT_SUFFIXES[args.format]
-    )
+    out = Path(args.out) if args.out else weights.with_name(default_name)
     if out.resolve() == weights.resolve():
         raise ReslabError(f"--out {out} would overwrite the weights; choose another path")
     export_model(model, out, args.format, size)

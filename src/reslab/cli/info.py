@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from reslab.analysis.complexity import format_info
+from reslab.errors import ReslabError
+from reslab.models.registry import build, resolve
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,10 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reslab.analysis.complexity import format_info
-    from reslab.errors import ReslabError
-    from reslab.models.registry import build, resolve
-
     spec = resolve(args.model, args.num_classes, args.shortcut,
                    False if args.torchvision_stride else None)
     size = args.input if args.input is not None else (224 if spec.family == "imagenet" else 32)

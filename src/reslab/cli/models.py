@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from reslab.models.registry import list_models, resolve
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,8 +20,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reslab.models.registry import list_models, resolve
-
     for name in list_models():
         spec = resolve(name)
         kind = "residual, shortcut " + spec.shortcut if spec.residual else "plain"

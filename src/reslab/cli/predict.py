@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as TF
+
+from reslab.engine import make_engine
+from reslab.errors import ReslabError
+from reslab.inference import load_model
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,19 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.v2 import functional as TF
-
-    from reslab.cli.eval import load_for_eval
-    from reslab.errors import ReslabError
-    from reslab.train.trainer import pick_device
-
-    device = pick_device(args.device)
-    model, preprocess, classes, _ = load_for_eval(None, args.weights)
-    model.to(device).eval()
-    mean = preprocess.mean
-    size = tuple(mean.shape[-2:]) if mean.dim() == 3 and mean.shape[-1] > 1 else (32, 32)
+    engine = make_engine(args.device, "auto")
+    loaded = load_model(args.weights)
+    model = engine.prepare(loaded.model).eval()
+    size = loaded.input_size or (loaded.crop or 32, loaded.crop or 32)
     for path in args.images:
         try:
             img = decode_image(read_file(path), mode=ImageReadMode.RGB)
@@ -42,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
         if tuple(img.shape[-2:]) != size:
             img = TF.resize(img, list(size), antialias=True)
         with torch.no_grad():
-            probs = model(preprocess(img[None].to(device))).softmax(1)[0]
-        top = probs.topk(min(args.top, len(classes)))
+            probs = engine(model, loaded.preprocess(img[None].to(engine.device)))
+            probs = probs.float().softmax(1)[0]
+        top = probs.topk(min(args.top, len(loaded.classes)))
         print(path)
         for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            print(f"  {classes[i]:20s} {100 * p:6.2f}%")
+            print(f"  {loaded.classes[i]:20s} {100 * p:6.2f}%")
     return 0

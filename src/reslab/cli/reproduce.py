@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reslab.errors import ReslabError
+from reslab.experiments import EXPERIMENTS, Settings, describe, reproduce
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from reslab.experiments import EXPERIMENTS, describe
-
     experiments = "\n".join(f"  {name:10s} {describe(name)}" for name in EXPERIMENTS)
     p = sub.add_parser(
         "reproduce",
@@ -46,15 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="figure6/table6: add ResNet-1202 (19.4M parameters; slow)")
     p.add_argument("--with-plain110", action="store_true", help="figure6: add plain-110")
     p.add_argument("--depth", type=int, default=20, help="shortcuts: the CIFAR depth (6n+2)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train N runs at once in worker processes, spread over the visible "
+                   "GPUs (several small CIFAR runs share one GPU well) or over the CPU cores "
+                   "(threads divided); finished runs are still skipped (default 1)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from reslab.errors import ReslabError
-    from reslab.experiments import Settings, reproduce
-
     models = None
     if args.models is not None:
         models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                  device=args.device, batch_size=args.batch_size, eval_points=args.eval_points,
                  models=models, with_1202=args.with_1202, with_plain110=args.with_plain110,
                  depth=args.depth, data_root=args.data_root, progress=args.progress,
-                 precision=args.precision)
+                 precision=args.precision, jobs=args.jobs)
     outcome = reproduce(args.experiment, s)
     if outcome.status != "finished":
         print(f"reslab reproduce: {outcome.message}", file=sys.stderr)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from reslab.analysis.responses import layer_response_stds, plot_responses
+from reslab.data import load_image_data
+from reslab.engine import pick_device
+from reslab.errors import ReslabError
+from reslab.inference import check_classes, load_model
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -28,19 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reslab.analysis.responses import layer_response_stds, plot_responses
-    from reslab.cli.eval import load_for_eval
-    from reslab.data import load_image_data
-    from reslab.errors import ReslabError
-    from reslab.train.trainer import pick_device
-
     if args.batch_size < 1:
         raise ReslabError("--batch-size must be >= 1")
     device = pick_device(args.device)
-    data = load_image_data(args.data, root=args.data_root)
-    model, preprocess, _, _ = load_for_eval(args.model, args.weights, data=data)
-    stds = layer_response_stds(model, data.test.images, preprocess, args.batch_size, device)
-    name = model.reslab_spec.name
+    foreign = args.model is not None
+    data = load_image_data(args.data, root=args.data_root,
+                           splits=("train", "test") if foreign else ("test",))
+    loaded = load_model(args.weights, args.model, classes=data.classes,
+                        train_images=data.train.images if foreign else None)
+    check_classes(loaded, data.classes, f"{data.name} test")
+    stds = layer_response_stds(loaded.model, data.test.images, loaded.preprocess,
+                               args.batch_size, device)
+    name = loaded.name
     if args.out:
         plot_responses({name: list(stds.values())}, args.out, title=f"{name} layer responses")
     if args.json:

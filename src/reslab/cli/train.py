@@ -3,34 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+
+from reslab.train.distributed import shutdown_process_group
+from reslab.train.recipes import COMPILE_MODES, TrainConfig
+from reslab.train.trainer import train
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a network with the paper's recipe",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a network with the paper's CIFAR recipe (Sec. 4.2): SGD momentum "
         "0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, "
         "64k iterations, per-pixel mean, 4-pixel pad + random crop + flip; nets of 110+ "
         "layers warm up at lr 0.01 until training error < 80%%. --iterations/--epochs "
         "shorten the run and scale the milestones in proportion. Writes run.json, "
         "metrics.jsonl, TensorBoard events, curves.png, last.pt and best.pt into --out. "
-        "Ctrl-C or SIGTERM saves a checkpoint; --resume continues it.",
+        "Ctrl-C or SIGTERM saves a checkpoint; --resume continues it (with the run's own "
+        "settings: `reslab train --resume --out DIR` needs no other flag). --recipe "
+        "imagenet (Sec. 3.4): batch 256, lr 0.1 divided by 10 when the validation error "
+        "plateaus, up to 600k iterations, shorter side in [256, 480], 224 crop + flip, PCA "
+        "lighting, per-pixel mean. Unset flags take the recipe's values.",
     )
-    p.add_argument("--model", default="resnet20", help="network name (see `reslab models`)")
+    p.add_argument("--model", default=None,
+                   help="network name (see `reslab models`; default resnet20)")
     p.add_argument("--shortcut", choices=["A", "B", "C"], default=None,
                    help="shortcut option (default: A for CIFAR nets, B for ImageNet nets)")
-    p.add_argument("--data", default="cifar10",
+    p.add_argument("--data", default=None,
                    help="cifar10, cifar100, synthetic, or a PATH: an official-format CIFAR "
                    "folder or .tar.gz, or an image-folder root (train/<class>/*, test/<class>/*)"
-                   " or its .tar.gz")
+                   " or its .tar.gz (default cifar10)")
     p.add_argument("--data-root", default=None,
                    help="where cifar10/cifar100 are looked for and downloaded "
                    "(default $RESLAB_HOME/data, else ~/.cache/reslab/data)")
-    p.add_argument("--recipe", choices=["cifar", "imagenet"], default="cifar",
-                   help="training recipe: cifar (Sec. 4.2) or imagenet (Sec. 3.4)")
+    p.add_argument("--recipe", choices=["cifar", "imagenet"], default=None,
+                   help="training recipe: cifar (Sec. 4.2, the default) or imagenet (Sec. 3.4)")
     p.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
     p.add_argument("--iterations", type=int, default=None, help="iterations (paper: 64000)")
     p.add_argument("--epochs", type=float, default=None, help="train for this many epochs instead")
@@ -48,20 +59,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", dest="warmup", action="store_const", const=True, default=None,
                    help="warm up at lr 0.01 until training error < 80%% (default: 110+ layers)")
     p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False)
-    p.add_argument("--val-split", type=int, default=0,
+    p.add_argument("--val-split", type=int, default=None,
                    help="hold out N training images for validation (paper: 5000); evaluate on them")
-    p.add_argument("--skip-corrupt", action="store_true",
+    p.add_argument("--skip-corrupt", action="store_const", const=True, default=None,
                    help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--eval-every", type=int, default=None,
                    help="evaluate, log and checkpoint every K iterations (default: ~20 per run)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--device", default=None,
+                   help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                    help="auto: bf16 autocast on CUDA, fp32 on CPU (bf16 is faster on CPUs "
                    "with native bf16 but slowed deep nets' early training: docs/results.md)")
     p.add_argument("--channels-last", dest="channels_last", action="store_const", const=True,
                    default=None, help="channels_last memory format (default: on for CUDA and CPU)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the model")
+    p.add_argument("--compile-mode", choices=list(COMPILE_MODES), default=None,
+                   help="torch.compile mode (with --compile); reduce-overhead captures the "
+                   "step with CUDA graphs on a GPU")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers (imagenet recipe)")
     p.add_argument("--scale", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
@@ -71,65 +87,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-resize", type=int, default=None,
                    help="imagenet recipe: shorter side before the centre crop in evaluation "
                    "and for the per-pixel mean (paper: 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lighting", type=float, default=None,
+                   help="imagenet recipe: PCA lighting noise std (paper/AlexNet: 0.1; 0 off)")
+    p.add_argument("--eval-batch-size", type=int, default=None,
+                   help="images per evaluation batch (default 1000 CIFAR, 100 ImageNet)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar")
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace):
-    """Build the TrainConfig the flags describe (unset flags keep the recipe's values)."""
-    from reslab.errors import ReslabError
-    from reslab.train.recipes import TrainConfig
-
-    values = {
-        "model": args.model, "shortcut": args.shortcut, "data": args.data,
-        "data_root": args.data_root, "recipe": args.recipe,
-        "out": args.out or f"runs/{args.model}", "val_split": args.val_split,
-        "skip_corrupt": args.skip_corrupt, "eval_every": args.eval_every,
-        "device": args.device, "precision": args.precision,
-        "channels_last": args.channels_last, "compile": args.compile, "seed": args.seed,
-        "resume": args.resume, "progress": args.progress, "warmup": args.warmup,
-        "epochs": args.epochs,
-    }
-    for flag in ("iterations", "batch_size", "lr", "momentum", "weight_decay", "lr_policy",
-                 "mean"):
-        if getattr(args, flag) is not None:
-            values[flag] = getattr(args, flag)
-    if args.milestones is not None:
-        values["milestones"] = tuple(args.milestones)
-    extra = {}
-    if args.workers is not None:
-        extra["workers"] = args.workers
-    for flag in ("scale", "crop", "test_resize"):
-        if getattr(args, flag, None) is not None:
-            if args.recipe != "imagenet":
-                raise ReslabError(f"--{flag.replace('_', '-')} is an option of --recipe imagenet")
-            value = getattr(args, flag)
-            extra[flag] = list(value) if isinstance(value, list) else value
-    if extra:
-        values["extra"] = extra
-    if args.recipe == "imagenet":
-        from reslab.train.imagenet_recipe import imagenet_overrides
-
-        for k, v in imagenet_overrides().items():
-            if values.get(k) is None:  # flags the user did not set
-                values[k] = v
-    cfg = TrainConfig(**values)
-    cfg.validate()
-    return cfg
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags describe: the flags that were given, over the recipe's
+    values (or, with --resume, over the resumed run's)."""
+    given = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
+    if args.resume:
+        given.pop("resume", None)
+        out = given.pop("out", None) or f"runs/{args.model or TrainConfig.model}"
+        return TrainConfig.for_resume(out, **given)
+    return TrainConfig(**given)
 
 
 def run(args: argparse.Namespace) -> int:
-    from reslab.train.trainer import train
-
     cfg = config_from_args(args)
     try:
         result = train(cfg)
     finally:
-        from reslab.train.distributed import shutdown_process_group
-
         shutdown_process_group()
     main = os.environ.get("RANK", "0") == "0"
     if result.status == "interrupted":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+import torch
+
 from reslab.data.augment import Preprocess, per_channel_mean_std, per_pixel_mean, random_crop_flip
 from reslab.data.cifar import (
     CIFAR_ARCHIVES,
@@ -79,6 +81,7 @@ def load_image_data(
     skip_corrupt: bool = False,
     download: bool = True,
     progress: bool = True,
+    splits: tuple[str, ...] = ("train", "test"),
 ) -> ImageData:
     """Load a data set by name or path (see module docstring) as uint8 tensors.
 
@@ -86,6 +89,7 @@ def load_image_data(
     `val_split=K`: hold out K random training images (from `seed`) as `val`, as the
     paper's 45k/5k split (Sec. 4.2). `download`: fetch missing CIFAR archives.
     `skip_corrupt`: skip unreadable images in image folders with a warning.
+    `splits=("test",)`: only the test split is wanted (evaluation); `train` is then empty.
     """
     name = spec.strip()
     key = name.lower()
@@ -101,4 +105,6 @@ def load_image_data(
                 f"file or folder; {DATA_HINT}"
             )
         data = _load_path(path, skip_corrupt, progress)
+    if "train" not in splits:
+        return ImageData(data.name, data.classes, data.train.subset(torch.arange(0)), data.test)
     return split_validation(data, val_split, seed)

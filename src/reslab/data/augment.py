@@ -2,43 +2,91 @@
 
 CIFAR recipe (Sec. 4.2): subtract the per-pixel mean of the training images; for
 training, pad 4 pixels on each side and take a random 32x32 crop of the padded image or
-its horizontal flip; test on the single original view. Everything here works on whole
-batches with tensor ops, on whichever device the batch lives (no per-image Python work).
+its horizontal flip; test on the single original view. ImageNet (Sec. 3.4) subtracts the
+per-pixel mean too, resized to whatever size the input has. Everything here works on
+whole batches with tensor ops, on whichever device the batch lives (no per-image Python
+work): `Preprocess` is the one normalizer, `per_pixel_mean` / `per_channel_mean_std` the
+one mean estimator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+
+Images = torch.Tensor | Iterable[torch.Tensor]
 
 
-def per_pixel_mean(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Per-pixel mean of uint8 images (N, C, H, W) as float32 (C, H, W) in [0, 1] units.
+def _batches(images: Images, chunk: int) -> Iterator[torch.Tensor]:
+    """(n, C, H, W) pieces of a (N, C, H, W) tensor, or of an iterable of (C, H, W) images
+    and (N, C, H, W) batches."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 3:
+            yield images[None]
+            return
+        if images.dim() != 4:
+            raise ValueError(f"expected (N, C, H, W) images, got {tuple(images.shape)}")
+        for start in range(0, images.shape[0], chunk):
+            yield images[start : start + chunk]
+        return
+    for item in images:
+        if not isinstance(item, torch.Tensor) or item.dim() not in (3, 4):
+            got = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
+            raise ValueError(f"expected (C, H, W) images or (N, C, H, W) batches, got {got}")
+        yield from _batches(item, chunk)
 
-    Summed in float64 over chunks of `chunk` images, so no float copy of the whole set.
+
+def _unit(x: torch.Tensor) -> float:
+    """The value of 1.0 in `x`'s units: 255 for uint8, 1 for float in [0, 1]."""
+    return 255.0 if x.dtype == torch.uint8 else 1.0
+
+
+def per_pixel_mean(images: Images, chunk: int = 1024) -> torch.Tensor:
+    """Per-pixel mean (C, H, W) as float32 in [0, 1] units of uint8 (or float [0, 1])
+    images: a (N, C, H, W) tensor, or an iterable of (C, H, W) images / (N, C, H, W)
+    batches of one size (e.g. the centre crops of a sample of ImageNet training images,
+    Sec. 3.4). Summed in float64 over chunks of `chunk` images, so no float copy of the set.
     """
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"expected a non-empty (N, C, H, W) batch, got {tuple(images.shape)}")
-    total = torch.zeros(images.shape[1:], dtype=torch.float64, device=images.device)
-    for start in range(0, images.shape[0], chunk):
-        total += images[start : start + chunk].to(torch.float64).sum(0)
-    scale = 255.0 if images.dtype == torch.uint8 else 1.0
-    return (total / (images.shape[0] * scale)).to(torch.float32)
+    total: torch.Tensor | None = None
+    count = 0
+    for x in _batches(images, chunk):
+        if total is None:
+            total = torch.zeros(x.shape[1:], dtype=torch.float64, device=x.device)
+        elif x.shape[1:] != total.shape:
+            raise ValueError(f"per_pixel_mean needs images of one size: got "
+                             f"{tuple(total.shape)} and {tuple(x.shape[1:])}")
+        total += x.to(total.device, torch.float64).sum(0) / _unit(x)
+        count += x.shape[0]
+    if total is None or count == 0:
+        raise ValueError("cannot take the mean of no images: expected a non-empty "
+                         "(N, C, H, W) batch or iterable of images")
+    return (total / count).to(torch.float32)
 
 
-def per_channel_mean_std(
-    images: torch.Tensor, chunk: int = 1024
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (each float32 (C,), [0, 1] units) of uint8 images."""
-    c = images.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, images.shape[0], chunk):
-        x = images[start : start + chunk].to(torch.float64).cpu() / 255.0
+def per_channel_mean_std(images: Images, chunk: int = 1024
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (each float32 (C,), [0, 1] units) over all pixels of uint8
+    (or float [0, 1]) images: a (N, C, H, W) tensor, or an iterable of images / batches
+    (their sizes may differ: every pixel counts once)."""
+    s: torch.Tensor | None = None
+    s2 = torch.zeros(0, dtype=torch.float64)
+    n = 0
+    for x in _batches(images, chunk):
+        x = x.to("cpu", torch.float64) / _unit(x)
+        if s is None:
+            s = torch.zeros(x.shape[1], dtype=torch.float64)
+            s2 = torch.zeros(x.shape[1], dtype=torch.float64)
+        elif x.shape[1] != s.shape[0]:
+            raise ValueError(f"images have {s.shape[0]} and {x.shape[1]} channels")
         s += x.sum((0, 2, 3))
         s2 += (x * x).sum((0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    if s is None or n == 0:
+        raise ValueError("cannot take the mean of no images: expected a non-empty "
+                         "(N, C, H, W) batch or iterable of images")
     mean = s / n
     std = (s2 / n - mean * mean).clamp_min(0).sqrt()
     return mean.float(), std.float()
@@ -56,43 +104,64 @@ def _as_stat(t: torch.Tensor | Any, what: str) -> torch.Tensor:
 
 
 class Preprocess:
-    """uint8 batch (N, C, H, W) -> float32 `(x / 255 - mean) / std` on the batch's device.
+    """The one normalizer: images -> `(x - mean) / std` on the images' device.
 
-    `mean` is per pixel (C, H, W) or per channel (C,) / (C, 1, 1) in [0, 1] units; `std`
-    likewise, or None for no division. The paper's CIFAR recipe (Sec. 4.2) is the per-pixel
-    training mean and no std: `Preprocess(per_pixel_mean(train.images))`. The same
-    transform serves the test view (no augmentation).
+    Input: uint8 (-> float32 `x / 255`) or float images in [0, 1] (dtype kept), a batch
+    (N, C, H, W) or one image (C, H, W). `mean` is per pixel (C, H, W) or per channel
+    (C,) / (C, 1, 1) in [0, 1] units; `std` likewise, or None for no division. A per-pixel
+    statistic is resized (bilinear, antialiased) to the input's H x W when they differ,
+    e.g. a 224x224 ImageNet mean for 10-crop or multi-scale views (Sec. 3.4); the resized
+    copy is cached per (size, device, dtype). The paper's recipes are the per-pixel
+    training mean and no std (Sec. 3.4, Sec. 4.2): `Preprocess(per_pixel_mean(images))`.
+    The same transform serves the test views (no augmentation).
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor | None = None) -> None:
+    def __init__(self, mean: torch.Tensor | Any, std: torch.Tensor | Any | None = None) -> None:
         self.mean = _as_stat(mean, "mean")
         self.std = None if std is None else _as_stat(std, "std")
         if self.std is not None and self.std.shape[0] != self.mean.shape[0]:
             raise ValueError(
                 f"mean has {self.mean.shape[0]} channels but std has {self.std.shape[0]}"
             )
-        self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        stats = self._cache.get(device)
+    @property
+    def per_pixel(self) -> bool:
+        return self.mean.shape[1:] != (1, 1)
+
+    @staticmethod
+    def _fit(stat: torch.Tensor, size: tuple[int, int], device: torch.device,
+             dtype: torch.dtype) -> torch.Tensor:
+        """`stat` on `device` as `dtype`, a per-pixel one resized to `size`."""
+        if stat.shape[1:] in ((1, 1), size):
+            return stat.to(device, dtype)
+        return F.interpolate(stat[None].to(device), size=size, mode="bilinear",
+                             align_corners=False, antialias=True)[0].to(dtype)
+
+    def stats_for(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean, std or None) for input `x`: on its device, at its size, in the dtype of
+        the output (float32 for uint8 input)."""
+        if x.dim() not in (3, 4) or x.shape[-3] != self.mean.shape[0]:
+            raise ValueError(
+                f"expected a (N, {self.mean.shape[0]}, H, W) batch or a "
+                f"({self.mean.shape[0]}, H, W) image, got {tuple(x.shape)}"
+            )
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        key = (tuple(x.shape[-2:]), x.device, dtype)
+        stats = self._cache.get(key)
         if stats is None:
-            mean = self.mean.to(device)
-            std = None if self.std is None else self.std.to(device)
-            stats = self._cache[device] = (mean, std)
+            size = (int(x.shape[-2]), int(x.shape[-1]))
+            stats = (self._fit(self.mean, size, x.device, dtype),
+                     None if self.std is None else self._fit(self.std, size, x.device, dtype))
+            self._cache[key] = stats
         return stats
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.mean.shape[0]:
-            raise ValueError(
-                f"expected a (N, {self.mean.shape[0]}, H, W) batch, got {tuple(x.shape)}"
-            )
-        if self.mean.shape[1:] != (1, 1) and x.shape[2:] != self.mean.shape[1:]:
-            raise ValueError(
-                f"per-pixel mean is {tuple(self.mean.shape[1:])} but images are "
-                f"{tuple(x.shape[2:])}"
-            )
-        mean, std = self._stats(x.device)
-        out = x.to(torch.float32).div_(255.0).sub_(mean)
+        mean, std = self.stats_for(x)
+        if x.is_floating_point():
+            out = x.sub(mean)
+        else:  # the hot loop (CIFAR batches on the device): one float copy, in place after
+            out = x.to(torch.float32).div_(255.0).sub_(mean)
         if std is not None:
             out.div_(std)
         return out
@@ -105,8 +174,13 @@ class Preprocess:
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
         return cls(d["mean"], d.get("std"))
 
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers: not the device copies
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
     def __repr__(self) -> str:
-        kind = "per-pixel" if self.mean.shape[1:] != (1, 1) else "per-channel"
+        kind = "per-pixel" if self.per_pixel else "per-channel"
         std = "none" if self.std is None else str(tuple(self.std.shape))
         return f"Preprocess({kind} mean {tuple(self.mean.shape)}, std={std})"
 

@@ -14,17 +14,18 @@ resize kernel) and only the 224x224 crop is converted to float.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from reslab.data.augment import Preprocess, per_channel_mean_std, per_pixel_mean
+from reslab.data.scan import class_folders, read_regular_file, scan_split
 from reslab.errors import ReslabError
 
 # AlexNet's (Krizhevsky et al. 2012) principal components of ImageNet RGB pixels, in [0, 1]
@@ -63,10 +64,17 @@ class Lighting(nn.Module):
         self.register_buffer("eigvec", torch.tensor(eigvec, dtype=torch.float32))
 
     def noise(
-        self, batch_shape: Sequence[int] = (), device=None, dtype=torch.float32
+        self,
+        batch_shape: Sequence[int] = (),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The RGB offsets (*batch_shape, 3) that `forward` would add."""
-        alpha = torch.randn(*batch_shape, 3, device=device, dtype=dtype) * self.alphastd
+        """The RGB offsets (*batch_shape, 3) that `forward` would add, on `device`; alpha is
+        drawn from `generator` (on its own device, then moved) or the global RNG."""
+        where = generator.device if generator is not None else device
+        alpha = torch.randn(*batch_shape, 3, device=where, dtype=dtype, generator=generator)
+        alpha = alpha.to(device) * self.alphastd
         eigval = self.eigval.to(device=device, dtype=dtype)
         eigvec = self.eigvec.to(device=device, dtype=dtype)
         return (alpha * eigval) @ eigvec.T  # row-wise eigvec @ (alpha * eigval)
@@ -155,59 +163,43 @@ class RandomScaleCrop(v2.Transform):
         return scale_crop(inpt, params["short"], params["top"], params["left"], self.crop)
 
 
-class Normalize(nn.Module):
-    """Subtract the training mean (and divide by std) from float images in [0, 1].
+def photometric(
+    x: torch.Tensor,
+    preprocess: Preprocess,
+    lighting: Lighting | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The photometric half of Sec. 3.4's training transform, once per batch on the
+    batch's device: uint8 -> float in [0, 1] -> PCA lighting (the "standard color
+    augmentation", one RGB offset per image) -> per-pixel mean subtracted (`preprocess`,
+    which also divides by its std, if any, and resizes a per-pixel mean to the input).
 
-    `mean` is per channel (C,) / (C, 1, 1) or per pixel (C, H, W) (the paper's choice,
-    Sec. 3.4); a per-pixel mean is bilinearly resized to the input's size when they
-    differ (e.g. 256x256 mean -> 224 crops, or whole images in multi-scale testing).
-    Works on (C, H, W) and (N, C, H, W).
+    `x`: uint8 (or float [0, 1]) (N, 3, H, W) or (3, H, W). The lighting offsets are drawn
+    from `generator` (any device; the global RNG if None): seed it to reproduce a batch.
     """
+    out = preprocess(x)  # a new float tensor
+    if lighting is not None and lighting.alphastd:
+        if out.shape[-3] != 3:
+            raise ReslabError(f"PCA lighting needs RGB images, got {tuple(x.shape)}")
+        rgb = lighting.noise(out.shape[:-3], out.device, out.dtype, generator)[..., None, None]
+        std = preprocess.stats_for(x)[1]
+        out.add_(rgb if std is None else rgb / std)  # (x + rgb - mean) / std
+    return out
 
-    def __init__(
-        self,
-        mean: torch.Tensor | Sequence[float],
-        std: torch.Tensor | Sequence[float] | None = None,
-    ) -> None:
-        super().__init__()
-        mean = torch.as_tensor(mean, dtype=torch.float32)
-        if mean.dim() == 1:
-            mean = mean.view(-1, 1, 1)
-        if mean.dim() != 3:
-            raise ReslabError(f"mean must be (C,), (C, 1, 1) or (C, H, W), got {tuple(mean.shape)}")
-        self.register_buffer("mean", mean)
-        if std is not None:
-            std = torch.as_tensor(std, dtype=torch.float32)
-            std = std.view(-1, 1, 1) if std.dim() <= 1 else std
-        self.register_buffer("std", std)
-        self._resized: dict[tuple, torch.Tensor] = {}
 
-    def _mean_for(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.mean
-        h, w = x.shape[-2:]
-        if mean.shape[-2:] != (1, 1) and mean.shape[-2:] != (h, w):
-            key = (h, w, x.device, x.dtype)
-            if key not in self._resized:
-                self._resized[key] = F.interpolate(
-                    mean[None].to(x.device, torch.float32),
-                    size=(h, w),
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=True,
-                )[0].to(x.dtype)
-            return self._resized[key]
-        return mean.to(x.device, x.dtype)
+class Photometric:
+    """`photometric` with a fixed `Preprocess` and `Lighting` as a transform (one image or
+    a batch; lighting noise from the global RNG), e.g. the last step of
+    `imagenet_train_transform`."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x - self._mean_for(x)
-        if self.std is not None:
-            x = x / self.std.to(x.device, x.dtype)
-        return x
+    def __init__(self, preprocess: Preprocess, lighting: Lighting | None = None) -> None:
+        self.preprocess, self.lighting = preprocess, lighting
 
-    def __getstate__(self):  # the resize cache is not worth pickling to workers
-        state = self.__dict__.copy()
-        state["_resized"] = {}
-        return state
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return photometric(x, self.preprocess, self.lighting)
+
+    def __repr__(self) -> str:
+        return f"Photometric({self.preprocess!r}, {self.lighting!r})"
 
 
 def imagenet_train_transform(
@@ -235,21 +227,18 @@ def imagenet_train_transform(
         geometric = [RandomShorterSideResize(scale), v2.RandomCrop(crop), v2.RandomHorizontalFlip()]
     if not to_float:
         return v2.Compose(geometric)
-    return v2.Compose(geometric + list(imagenet_batch_transform(mean, std, lighting).transforms))
+    return v2.Compose([*geometric, imagenet_batch_transform(mean, std, lighting)])
 
 
 def imagenet_batch_transform(
     mean: torch.Tensor | Sequence[float] = IMAGENET_MEAN,
     std: torch.Tensor | Sequence[float] | None = None,
     lighting: float = 0.1,
-) -> v2.Compose:
-    """The photometric half of the training transform, for uint8 images or batches:
-    float in [0, 1] -> Lighting -> Normalize."""
-    steps: list[Callable] = [v2.ToDtype(torch.float32, scale=True)]
-    if lighting:
-        steps.append(Lighting(lighting))
-    steps.append(Normalize(mean, std))
-    return v2.Compose(steps)
+) -> Photometric:
+    """The photometric half of the training transform (Sec. 3.4), for uint8 images or
+    batches: float in [0, 1] -> PCA lighting (alphastd `lighting`, 0 disables) -> subtract
+    mean [/ std]; see `photometric`."""
+    return Photometric(Preprocess(mean, std), Lighting(lighting) if lighting else None)
 
 
 def imagenet_eval_transform(
@@ -257,38 +246,55 @@ def imagenet_eval_transform(
     std: torch.Tensor | Sequence[float] | None = None,
     resize: int | None = 256,
     crop: int | None = 224,
+    to_float: bool = True,
 ) -> v2.Compose:
-    """Single-view testing: shorter side `resize` -> centre crop -> float -> normalize.
+    """Single-view testing (Sec. 3.4): shorter side `resize` -> centre crop -> float ->
+    subtract mean [/ std] (`Preprocess`).
 
     `crop=None` keeps the whole resized image (for 10-crop / fully-convolutional tests);
-    `mean=None` stops at float [0, 1]; `resize=None` keeps the original size.
+    `mean=None` stops at float [0, 1]; `to_float=False` stops at uint8 (normalize whole
+    batches on the device with `Preprocess` instead); `resize=None` keeps the original size.
     """
     steps: list[Callable] = []
     if resize is not None:
         steps.append(v2.Resize(resize, antialias=True))
     if crop is not None:
         steps.append(v2.CenterCrop(crop))
+    if not to_float:
+        return v2.Compose(steps)
     steps.append(v2.ToDtype(torch.float32, scale=True))
     if mean is not None:
-        steps.append(Normalize(mean, std))
+        steps.append(Preprocess(mean, std))
     return v2.Compose(steps)
 
 
 def decode_image_file(path: str | os.PathLike) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor (3, H, W); ReslabError naming the file
-    when it cannot be read or decoded."""
+    when it cannot be read or decoded (a FIFO or device is refused without blocking)."""
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        data = read_regular_file(path)
+        return decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError) as e:
         raise ReslabError(f"cannot decode image {path}: {e}; remove or replace the file") from e
 
 
-class ImageFolderDataset(torchvision.datasets.ImageFolder):
+class ImageFolderDataset(Dataset):
     """An ImageNet-layout folder split (`ROOT/train/<class>/*.JPEG`) decoded with
     `torchvision.io.decode_image` to uint8 RGB tensors (3, H, W), then `transform`.
 
-    Items are `(image, label)`; `classes`, `class_to_idx`, `samples` as in torchvision.
-    A missing or empty folder, or a corrupt image, raises ReslabError naming the path.
+    Items are `(image, label)`; `classes`, `class_to_idx`, `samples` (`(path, label)`
+    tuples), `targets` and `loader` as in torchvision's ImageFolder. The folder is read by
+    `reslab.data.scan.scan_split` (seconds for ImageNet's 1.28M images): a missing folder,
+    a class folder without images, or an entry named like an image that is not a regular
+    file (FIFO, broken link) raises ReslabError naming it. `classes` is the class list the
+    split must have; by default a `val/` or `test/` beside a `train/` folder must have
+    train's class folders (a label is its class's position in the sorted list, so one
+    missing class would shift every label after it).
+
+    A corrupt image raises ReslabError naming it when loaded. With `skip_corrupt`, the scan
+    skips non-files (with a warning) and a corrupt image is replaced, with a warning, by
+    the next readable image of the split (with that image's label), so that batches stay
+    full: meant for training; evaluate without it, so that every image counts once.
     """
 
     def __init__(
@@ -296,22 +302,71 @@ class ImageFolderDataset(torchvision.datasets.ImageFolder):
         root: str | os.PathLike,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
+        *,
+        skip_corrupt: bool = False,
+        classes: Sequence[str] | None = None,
     ) -> None:
         root = os.fspath(root)
-        if not os.path.isdir(root):
-            raise ReslabError(
-                f"image folder {root} does not exist; expected "
-                "ROOT/<split>/<class>/<image> (ImageNet layout)"
-            )
+        classes_of = "the training split"
+        if classes is None:
+            classes, classes_of = self._train_beside(root)
+        scan = scan_split(root, skip_corrupt=skip_corrupt, classes=classes, classes_of=classes_of)
+        self.root = root
+        self.classes = scan.classes
+        self.class_to_idx = {c: i for i, c in enumerate(scan.classes)}
+        self.samples = scan.samples
+        self.targets = [label for _, label in scan.samples]
+        self.transform = transform
+        self.target_transform = target_transform
+        self.loader = decode_image_file
+        self.skip_corrupt = skip_corrupt
+
+    @staticmethod
+    def _train_beside(root: str) -> tuple[list[str] | None, str]:
+        """The class folders of `train/` beside a `val/` or `test/` split, if any."""
+        parent, name = os.path.split(os.path.normpath(root))
+        train = os.path.join(parent, "train")
+        if name in ("val", "test") and os.path.isdir(train):
+            return class_folders(train), train
+        return None, ""
+
+    @property
+    def imgs(self) -> list[tuple[str, int]]:
+        return self.samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[index]
         try:
-            super().__init__(
-                root,
-                transform=transform,
-                target_transform=target_transform,
-                loader=decode_image_file,
-            )
-        except FileNotFoundError as e:
-            raise ReslabError(f"no images in {root}: {e}") from e
+            image = self.loader(path)
+        except ReslabError:
+            if not self.skip_corrupt:
+                raise
+            image, target = self._replacement(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+    def _replacement(self, index: int, tries: int = 64) -> tuple[torch.Tensor, int]:
+        """The next readable image after the corrupt `index` (skip_corrupt), with its label."""
+        bad = self.samples[index][0]
+        warnings.warn(f"skipping unreadable image {bad}; the next readable image stands in "
+                      "for it", stacklevel=3)
+        n = len(self.samples)
+        for k in range(1, min(n, tries)):
+            path, target = self.samples[(index + k) % n]
+            try:
+                return self.loader(path), target
+            except ReslabError:
+                continue
+        raise ReslabError(
+            f"{bad} and the {min(n, tries) - 1} images after it cannot be decoded: is "
+            f"{self.root} intact? Check its files or copy it again"
+        )
 
 
 class ShardSampler(Sampler[int]):
@@ -333,101 +388,12 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def imagenet_loaders(
-    root: str | os.PathLike,
-    batch_size: int,
-    workers: int,
-    distributed: bool,
-    seed: int = 0,
-    mean: torch.Tensor | Sequence[float] | None = None,
-    std: torch.Tensor | Sequence[float] | None = None,
-    scale: tuple[int, int] = (256, 480),
-    crop: int = 224,
-    lighting: float = 0.1,
-    val_resize: int = 256,
-    val_batch_size: int | None = None,
-    to_float: bool = True,
-    mean_samples: int = 1000,
-    pin_memory: bool | None = None,
-    prefetch_factor: int | None = 4,
-) -> tuple[DataLoader, DataLoader]:
-    """Train / val DataLoaders over `ROOT/train` and `ROOT/val` (Sec. 3.4 pipeline).
-
-    `batch_size` is per process (the paper's 256 is the global batch: divide by the world
-    size under DDP). With `distributed`, training uses `DistributedSampler(shuffle=True,
-    seed=seed)` (call `train.sampler.set_epoch(epoch)` every epoch) and validation a
-    `ShardSampler` (disjoint, unpadded shards: all-reduce the counts). `mean=None`
-    estimates the per-pixel mean (224x224) from `mean_samples` training images
-    (`pixel_mean`): compute it once, pass it in and store it with the checkpoint instead.
-    With `to_float=False` the loaders never use the mean, so none is estimated.
-    Train batches drop the last incomplete batch; workers are persistent; memory is
-    pinned when CUDA is available.
-    """
-    root = os.fspath(root)
-    train_set = ImageFolderDataset(os.path.join(root, "train"))
-    val_set = ImageFolderDataset(os.path.join(root, "val"))
-    if mean is None and to_float:
-        mean = pixel_mean(
-            train_set, n=mean_samples, seed=seed, size=val_resize, crop=crop, workers=workers
-        )
-    train_set.transform = imagenet_train_transform(mean, std, scale, crop, lighting, to_float)
-    val_set.transform = imagenet_eval_transform(mean if to_float else None, std, val_resize, crop)
-    if not to_float:  # uint8 val crops as well: the caller normalizes on device
-        val_set.transform = v2.Compose([v2.Resize(val_resize, antialias=True), v2.CenterCrop(crop)])
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
-    common = dict(
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=workers > 0,
-        prefetch_factor=prefetch_factor if workers > 0 else None,
-    )
-    rank = 0
-    if distributed:
-        import torch.distributed as dist
-
-        rank = dist.get_rank()
-        train_sampler: Sampler | None = DistributedSampler(
-            train_set, shuffle=True, seed=seed, drop_last=True
-        )
-        val_sampler: Sampler | None = ShardSampler(len(val_set))
-    else:
-        train_sampler = val_sampler = None
-    # Seeds the workers' RNGs (augmentation) differently on every rank.
-    gen = torch.Generator().manual_seed(seed * 1000 + rank)
-    train = DataLoader(
-        train_set,
-        batch_size=batch_size,
-        sampler=train_sampler,
-        shuffle=train_sampler is None,
-        drop_last=True,
-        generator=gen,
-        **common,
-    )
-    val = DataLoader(
-        val_set,
-        batch_size=val_batch_size or batch_size,
-        sampler=val_sampler,
-        shuffle=False,
-        drop_last=False,
-        **common,
-    )
-    return train, val
-
-
-def _list_collate(batch):
-    return [b[0] for b in batch], torch.tensor([b[1] for b in batch])
-
-
-def _raw_sample(dataset: Dataset, n: int, seed: int, workers: int):
-    """Decoded uint8 images of a random sample of `n` items (transforms bypassed for
-    ImageFolderDataset)."""
-    if isinstance(dataset, ImageFolderDataset):
-        dataset = _untransformed(dataset)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(dataset), generator=g)[: min(n, len(dataset))].tolist()
-    sub = torch.utils.data.Subset(dataset, idx)
-    return DataLoader(sub, batch_size=16, num_workers=workers, collate_fn=_list_collate)
+def list_collate(
+    batch: Sequence[tuple[torch.Tensor, int]],
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """DataLoader `collate_fn` for `(image, label)` items of different sizes: (the list of
+    images, a tensor of labels)."""
+    return [b[0] for b in batch], torch.tensor([int(b[1]) for b in batch])
 
 
 def _untransformed(ds: ImageFolderDataset) -> ImageFolderDataset:
@@ -439,45 +405,50 @@ def _untransformed(ds: ImageFolderDataset) -> ImageFolderDataset:
     return clone
 
 
-def channel_mean_std(
-    dataset: Dataset, n: int = 1000, seed: int = 0, workers: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (3,) in [0, 1] units over all pixels of `n` randomly
-    chosen training images (at their original size)."""
-    total = torch.zeros(3, dtype=torch.float64)
-    sq = torch.zeros(3, dtype=torch.float64)
-    count = 0
-    for images, _ in _raw_sample(dataset, n, seed, workers):
-        for img in images:
-            x = img.to(torch.float64).flatten(1) / 255
-            total += x.sum(1)
-            sq += (x * x).sum(1)
-            count += x.shape[1]
-    if count == 0:
-        raise ReslabError("cannot estimate the mean of an empty dataset")
-    mean = total / count
-    std = (sq / count - mean * mean).clamp_min(0).sqrt()
-    return mean.float(), std.float()
-
-
-def pixel_mean(
+def mean_sample(
     dataset: Dataset,
     n: int = 1000,
     seed: int = 0,
-    size: int = 256,
+    resize: int | None = None,
+    crop: int | None = None,
+    workers: int = 0,
+) -> Iterator[torch.Tensor]:
+    """The decoded uint8 images (3, H, W) of `n` items of `dataset` drawn at random (from
+    `seed`), resized to shorter side `resize` and centre-cropped to `crop` when given:
+    the input of the mean estimators `per_pixel_mean` / `per_channel_mean_std`. An
+    ImageFolderDataset's own transforms are bypassed; `workers` processes decode."""
+    view = None
+    if resize is not None or crop is not None:
+        view = imagenet_eval_transform(resize=resize, crop=crop, to_float=False)
+    if isinstance(dataset, ImageFolderDataset):
+        dataset = _untransformed(dataset)
+        dataset.transform, view = view, None  # resized in the workers
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset), generator=g)[: max(0, min(n, len(dataset)))].tolist()
+    loader = DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=16,
+                        num_workers=workers, collate_fn=list_collate)
+    for images, _ in loader:
+        for img in images:
+            yield img if view is None else view(img)
+
+
+def estimate_mean(
+    dataset: Dataset,
+    mode: str = "per-pixel",
+    n: int = 1000,
+    seed: int = 0,
+    resize: int = 256,
     crop: int = 224,
     workers: int = 0,
 ) -> torch.Tensor:
-    """Per-pixel mean image (3, crop, crop) in [0, 1] units (Sec. 3.4 "per-pixel mean
-    subtracted"), over the centre crops of `n` random training images resized to shorter
-    side `size`. `Normalize` resizes it to any other input size."""
-    total = torch.zeros(3, crop, crop, dtype=torch.float64)
-    count = 0
-    for images, _ in _raw_sample(dataset, n, seed, workers):
-        for img in images:
-            x = TF.center_crop(TF.resize(img, [size], antialias=True), [crop])
-            total += x.to(torch.float64) / 255
-            count += 1
-    if count == 0:
-        raise ReslabError("cannot estimate the mean of an empty dataset")
-    return (total / count).float()
+    """The training mean from `n` random training images, in [0, 1] units: "per-pixel"
+    (Sec. 3.4 "per-pixel mean subtracted"; (3, crop, crop) over their centre crops at
+    shorter side `resize`, the test view; `Preprocess` resizes it to any other input) or
+    "per-channel" ((3,) over all pixels of the whole images)."""
+    if n < 1 or len(dataset) == 0:
+        raise ReslabError("cannot estimate the mean of no images")
+    if mode == "per-pixel":
+        return per_pixel_mean(mean_sample(dataset, n, seed, resize, crop, workers))
+    if mode == "per-channel":
+        return per_channel_mean_std(mean_sample(dataset, n, seed, workers=workers))[0]
+    raise ReslabError(f"mean must be per-pixel or per-channel, got {mode!r}")

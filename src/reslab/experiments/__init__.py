@@ -13,8 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from reslab.data import load_image_data
 from reslab.errors import ReslabError
-from reslab.experiments.sweep import Settings, SweepInterrupted
+from reslab.experiments.report import write_outputs
+from reslab.experiments.sweep import Settings, SweepInterrupted, run_sweep
+from reslab.models.registry import resolve
 
 #: experiment name -> module under reslab.experiments.
 EXPERIMENTS = ("figure1", "figure6", "table6", "figure7", "shortcuts")
@@ -43,11 +46,6 @@ def describe(name: str) -> str:
 
 def reproduce(name: str, s: Settings) -> Outcome:
     """Run experiment `name` with settings `s` and write its outputs into `s.out`."""
-    from reslab.data import load_image_data
-    from reslab.experiments.report import write_outputs
-    from reslab.experiments.sweep import run_sweep
-    from reslab.models.registry import resolve
-
     module = _module(name)
     s.validate()
     for m in s.models or []:
@@ -58,7 +56,7 @@ def reproduce(name: str, s: Settings) -> Outcome:
     runs = module.plan(s)
     data = load_image_data(s.data, root=s.data_root, progress=s.progress)
     try:
-        outcomes = run_sweep(runs, data)
+        outcomes = run_sweep(runs, data, jobs=s.jobs)
     except SweepInterrupted as e:
         return Outcome("interrupted", None, f"{e}; its checkpoint is saved. Re-run the same "
                        "command to continue (finished runs are reused).")

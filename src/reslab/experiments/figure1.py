@@ -3,6 +3,7 @@ deeper net has higher training and test error (the degradation problem)."""
 
 from __future__ import annotations
 
+from reslab.analysis.curves import plot_error_curves
 from reslab.experiments.report import Report, curve_table, degradation
 from reslab.experiments.sweep import RunOutcome, RunSpec, Settings, make_config
 
@@ -16,8 +17,6 @@ def plan(s: Settings) -> list[RunSpec]:
 
 
 def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
-    from reslab.analysis.curves import plot_error_curves
-
     plot_error_curves({o.label: o.records for o in outcomes}, s.out / "figure1.png",
                       title=f"Figure 1: plain nets on {data.name}")
     body = ("## Figure 1\n\nPaper (Figure 1, Sec. 1): the 56-layer plain net has *higher "

@@ -3,6 +3,7 @@ ResNet-1202 (right); dashed training error, bold test error."""
 
 from __future__ import annotations
 
+from reslab.analysis.curves import plot_error_curves
 from reslab.experiments.report import (
     Report,
     curve_table,
@@ -47,7 +48,6 @@ def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from reslab.analysis.curves import plot_error_curves
 
     shown = panels(outcomes)
     fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.2), dpi=100,

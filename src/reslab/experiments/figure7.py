@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import statistics
 
+from reslab.analysis.responses import layer_response_stds, plot_responses
+from reslab.engine import pick_device
 from reslab.experiments.report import Report, depth_of, md_table
 from reslab.experiments.sweep import RunOutcome, RunSpec, Settings, make_config
+from reslab.inference import load_model
 
 DESCRIPTION = ("std of every 3x3 layer's response of plain20/56 and resnet20/56/110 on the "
                "test set, in network order and sorted (reuses finished runs in --out)")
@@ -20,20 +23,13 @@ def plan(s: Settings) -> list[RunSpec]:
 
 def measure(o: RunOutcome, data, device: str) -> list[float]:
     """Per-layer response stds of the run's final weights (last.pt) on the test split."""
-    from reslab.analysis.responses import layer_response_stds
-    from reslab.data import Preprocess
-    from reslab.interop import model_from_checkpoint
-    from reslab.train.trainer import pick_device
-
-    model, ckpt = model_from_checkpoint(o.out / "last.pt")
-    stds = layer_response_stds(model, data.test.images, Preprocess.from_dict(ckpt["preprocess"]),
+    loaded = load_model(o.out / "last.pt")
+    stds = layer_response_stds(loaded.model, data.test.images, loaded.preprocess,
                                device=pick_device(device))
     return list(stds.values())
 
 
 def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
-    from reslab.analysis.responses import plot_responses
-
     stds = {o.label: measure(o, data, s.device) for o in outcomes}
     plot_responses(stds, s.out / "figure7.png", title=f"Figure 7: layer responses on {data.name}")
     mean = {k: statistics.fmean(v) for k, v in stds.items()}

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reslab.analysis.complexity import count_parameters
 from reslab.atomic_write import atomic_write_bytes, atomic_write_json, atomic_write_text
 from reslab.experiments.sweep import RunOutcome, Settings
+from reslab.models.registry import create_model, resolve
 
 
 @dataclass
@@ -43,9 +45,6 @@ def best_test(o: RunOutcome) -> float | None:
 
 
 def count_params(model: str, shortcut: str | None, num_classes: int) -> int:
-    from reslab.analysis.complexity import count_parameters
-    from reslab.models.registry import create_model
-
     return count_parameters(create_model(model, num_classes, shortcut))
 
 
@@ -167,8 +166,6 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
 
 
 def depth_of(o: RunOutcome) -> int:
-    from reslab.models.registry import resolve
-
     return resolve(o.cfg.model).depth
 
 

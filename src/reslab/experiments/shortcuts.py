@@ -6,6 +6,7 @@ from __future__ import annotations
 from reslab.errors import ReslabError
 from reslab.experiments.report import Report, best_test, count_params, final, md_table, pct
 from reslab.experiments.sweep import RunOutcome, RunSpec, Settings, make_config
+from reslab.models.cifar import is_cifar_depth
 
 DESCRIPTION = ("plain vs shortcut options A, B, C at one depth (--depth, default 20): final "
                "errors and parameters, the CIFAR analogue of Table 3")
@@ -14,8 +15,6 @@ PAPER_TABLE3 = {"plain": 28.54, "A": 25.03, "B": 24.52, "C": 24.19}
 
 
 def plan(s: Settings) -> list[RunSpec]:
-    from reslab.models.cifar import is_cifar_depth
-
     if not is_cifar_depth(s.depth):
         raise ReslabError(f"--depth must be a CIFAR depth 6n+2 (8, 14, 20, ...), got {s.depth}")
     d = s.depth

@@ -4,14 +4,23 @@ of the same recipe)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import multiprocessing
+import os
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from reslab.engine import pick_device, precision_name
 from reslab.errors import ReslabError
+from reslab.train import trainer
 from reslab.train.recipes import TrainConfig
+from reslab.train.runlog import read_metrics
 from reslab.train.schedule import PAPER_ITERATIONS
 
 #: TrainConfig fields that do not change what a run computes; a finished run is reused
@@ -37,6 +46,7 @@ class Settings:
     data_root: str | None = None
     progress: bool = True
     precision: str = "auto"  # auto, fp32 or bf16 (TrainConfig.precision)
+    jobs: int = 1  # runs trained at once (processes), spread over GPUs or CPU threads
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -51,6 +61,7 @@ class Settings:
             (self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
             (self.eval_points >= 1, f"--eval-points must be >= 1, got {self.eval_points}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.jobs >= 1, f"--jobs must be >= 1, got {self.jobs}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -90,7 +101,7 @@ def make_config(s: Settings, label: str, model: str, seed: int = 0,
                 shortcut: str | None = None) -> RunSpec:
     """The paper's CIFAR recipe scaled to `s.budget`, writing into DIR/runs/LABEL."""
     iterations = s.iterations
-    cfg = TrainConfig(
+    cfg = TrainConfig.cifar(
         model=model, shortcut=shortcut, data=s.data, data_root=s.data_root,
         out=str(s.out / "runs" / label), iterations=iterations, batch_size=s.batch_size,
         seed=seed, device=s.device, eval_every=max(1, iterations // s.eval_points),
@@ -116,8 +127,6 @@ def _read_run_json(out: Path) -> dict | None:
 
 def check_same_config(label: str, info: dict, cfg: TrainConfig) -> None:
     """ReslabError if the run in cfg.out was made with other settings than `cfg`."""
-    from reslab.train.trainer import pick_device, precision_name
-
     saved, wanted = _comparable(info.get("config", {})), _comparable(cfg.to_dict())
     # Compare what "auto" resolved to: the precision a run actually used is in run.json.
     saved["precision"] = info.get("precision", saved.get("precision"))
@@ -134,36 +143,83 @@ def is_finished(info: dict | None, cfg: TrainConfig) -> bool:
             and info.get("finished_iteration") == cfg.iterations)
 
 
-def run_sweep(runs: list[RunSpec], data, log: Callable[[str], None] | None = None
-              ) -> list[RunOutcome]:
-    """Train every run in order through `reslab.train.trainer.train` with the pre-loaded
-    `data`. A finished run with the same config is skipped; an unfinished one resumes from
-    its last.pt. Raises SweepInterrupted when a run was stopped (Ctrl-C), ReslabError when
-    a folder holds a run with other settings."""
-    from reslab.train import trainer
-    from reslab.train.trainer import read_metrics
-
+def run_sweep(runs: list[RunSpec], data, log: Callable[[str], None] | None = None,
+              jobs: int = 1) -> list[RunOutcome]:
+    """Train every run through `reslab.train.trainer.train`: in this process with the
+    pre-loaded `data` (jobs=1), or `jobs` runs at once in worker processes (each loads its
+    data; GPUs are dealt out round-robin, CPU threads divided). A finished run with the same
+    config is skipped; an unfinished one resumes from its last.pt. Raises SweepInterrupted
+    when a run was stopped (Ctrl-C), ReslabError when a folder holds a run with other
+    settings or when runs failed (the others still ran; rerunning retries only those)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     for spec in runs:  # check every folder before spending time on any run
         info = _read_run_json(Path(spec.cfg.out))
         if info is not None:
             check_same_config(spec.label, info, spec.cfg)
-    outcomes = []
+    todo = []
     for i, spec in enumerate(runs, 1):
-        cfg, out = spec.cfg, Path(spec.cfg.out)
-        head = f"[run {i}/{len(runs)}] {spec.label}"
-        info = _read_run_json(out)
-        skipped = is_finished(info, cfg)
-        if skipped:
-            log(f"{head}: finished earlier, reusing {out}")
-        else:
-            cfg.resume = (out / "last.pt").exists()
-            log(f"{head} ({cfg.model}, {cfg.iterations} iterations, seed {cfg.seed})"
-                + (" resuming" if cfg.resume else "") + " ...")
-            result = trainer.train(cfg, data=data)
+        out = Path(spec.cfg.out)
+        if is_finished(_read_run_json(out), spec.cfg):
+            log(f"[run {i}/{len(runs)}] {spec.label}: finished earlier, reusing {out}")
+            continue
+        cfg = dataclasses.replace(spec.cfg, resume=(out / "last.pt").exists())
+        log(f"[run {i}/{len(runs)}] {spec.label} ({cfg.model}, {cfg.iterations} iterations, "
+            f"seed {cfg.seed})" + (" resuming" if cfg.resume else "") + " ...")
+        todo.append(RunSpec(spec.label, cfg))
+    if jobs > 1 and len(todo) > 1:
+        _train_in_parallel(todo, jobs, log)
+    else:
+        for spec in todo:
+            result = trainer.train(spec.cfg, data=data)
             if result.status != "finished":
                 raise SweepInterrupted(spec.label, result.iteration, result.iterations)
-            info = _read_run_json(out)
-        outcomes.append(RunOutcome(spec.label, cfg, out, info or {},
-                                   read_metrics(out / "metrics.jsonl"), skipped))
+    trained = {spec.label for spec in todo}
+    outcomes = []
+    for spec in runs:
+        out = Path(spec.cfg.out)
+        outcomes.append(RunOutcome(spec.label, spec.cfg, out, _read_run_json(out) or {},
+                                   read_metrics(out / "metrics.jsonl"),
+                                   spec.label not in trained))
     return outcomes
+
+
+def _train_in_parallel(todo: list[RunSpec], jobs: int, log: Callable[[str], None]) -> None:
+    """Run `todo` in `jobs` spawned processes; report every failure after all have ended."""
+    device = pick_device(todo[0].cfg.device)
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    failed, interrupted = [], []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {}
+        for k, spec in enumerate(todo):
+            cfg = spec.cfg
+            if gpus and device.index is None:
+                cfg = dataclasses.replace(cfg, device=f"cuda:{k % gpus}")
+            futures[pool.submit(_train_worker, cfg.to_dict(), threads)] = spec.label
+        for future in as_completed(futures):
+            label = futures[future]
+            try:
+                status, iteration, iterations = future.result()
+            except Exception as e:  # a failed run does not stop the others
+                message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                failed.append(f"{label}: {message}")
+                log(f"{label} failed: {message}")
+                continue
+            if status != "finished":
+                interrupted.append(SweepInterrupted(label, iteration, iterations))
+            else:
+                log(f"{label} finished ({iteration} iterations)")
+    if failed:
+        raise ReslabError(f"{len(failed)} of {len(todo)} runs failed ({'; '.join(failed)}); "
+                          "the others are saved: rerun the same command to retry them")
+    if interrupted:
+        raise interrupted[0]
+
+
+def _train_worker(config: dict, threads: int) -> tuple[str, int, int]:
+    """One run in a worker process of `--jobs` (spawned: top-level and picklable)."""
+    torch.set_num_threads(threads)
+    cfg = dataclasses.replace(TrainConfig.from_dict(config), progress=False)
+    result = trainer.train(cfg)
+    return result.status, result.iteration, result.iterations

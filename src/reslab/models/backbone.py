@@ -23,6 +23,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from reslab.errors import ReslabError
+from reslab.interop import load_weights
 from reslab.models.registry import build, resolve
 
 _TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
@@ -101,8 +102,6 @@ def create_backbone(
         raise ReslabError(f"returned_layers must be a non-empty subset of 1..4, got {returned}")
     model = build(spec)
     if weights is not None:
-        from reslab.interop import load_weights
-
         load_weights(model, weights)
     if frozen_bn:
         _freeze_bn(model)

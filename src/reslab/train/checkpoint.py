@@ -1,13 +1,17 @@
 """Training checkpoints: what is needed to use a model and to resume its run.
 
-A checkpoint is a dict of tensors and plain Python values, written atomically and read
-with `torch.load(..., weights_only=True)` (no pickled code is ever executed). Layout in
-docs/architecture.md ("Checkpoints").
+One dataclass, `Checkpoint`, with `save` and `load`; every reader uses it. On disk it is a
+dict of tensors and plain Python values, written atomically and read with
+`torch.load(..., weights_only=True)` (no pickled code is ever executed). Layout in
+docs/architecture.md ("Checkpoints"); `load` checks every field's type before anything
+uses it, so a truncated or hand-made file is one clear error, not a KeyError later.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +23,80 @@ from reslab.errors import ReslabError
 FORMAT = "reslab-checkpoint-v1"
 
 
-def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
-    """Write a checkpoint atomically; `fields` are model_spec, model, preprocess, ..."""
-    return atomic_torch_save(path, {"format": FORMAT, **fields})
+@dataclass
+class Checkpoint:
+    """A model with its preprocessing and classes, and (optionally) its run's state."""
+
+    model_spec: dict[str, Any]  # ModelSpec.to_dict()
+    model: dict[str, torch.Tensor]  # state_dict
+    preprocess: dict[str, torch.Tensor | None]  # {"mean": Tensor, "std": Tensor | None}
+    classes: list[str]
+    iteration: int = 0
+    config: dict[str, Any] | None = None  # TrainConfig.to_dict()
+    optimizer: dict[str, Any] | None = None
+    schedule: dict[str, Any] | None = None
+    best_error: float | None = None
+    interval: list[float] | None = None  # training loss sum, wrong, images since last eval
+    world_size: int = 1
+    data: dict[str, Any] | None = None  # identity of the training data (DataIdentity)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (the previous file stays intact if the write fails)."""
+        return atomic_torch_save(path, {"format": FORMAT, **dataclasses.asdict(self)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **{f.name: getattr(self, f.name)
+                                     for f in dataclasses.fields(self)}}
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | dict[str, Any]) -> Checkpoint:
+        """Read a checkpoint file safely (weights_only), or check a dict already read."""
+        what = "the checkpoint"
+        if isinstance(source, dict):
+            obj = source
+        else:
+            path = Path(source)
+            what = str(path)
+            if not path.is_file():
+                raise ReslabError(f"checkpoint not found: {path}")
+            if path.stat().st_size == 0:
+                raise ReslabError(f"{path} is empty (0 bytes): the write that made it did not "
+                                  "finish; use best.pt or start again")
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # corrupt file, or one that needs arbitrary unpickling
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                raise ReslabError(f"cannot read checkpoint {path}: {first}") from None
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise ReslabError(f"{what} is not a reslab checkpoint (no format {FORMAT!r})")
+        return cls._checked(obj, what)
+
+    @classmethod
+    def _checked(cls, obj: dict[str, Any], what: str) -> Checkpoint:
+        def need(ok: bool, field: str, expect: str) -> None:
+            if not ok:
+                raise ReslabError(f"{what} is not a complete reslab checkpoint: {field!r} "
+                                  f"{'is missing' if field not in obj else 'is not ' + expect}")
+
+        need(isinstance(obj.get("model_spec"), dict), "model_spec", "a dict")
+        need(isinstance(obj.get("model"), dict) and all(
+            isinstance(v, torch.Tensor) for v in obj["model"].values()), "model",
+            "a state_dict of tensors")
+        pre = obj.get("preprocess")
+        need(isinstance(pre, dict) and isinstance(pre.get("mean"), torch.Tensor)
+             and (pre.get("std") is None or isinstance(pre["std"], torch.Tensor)),
+             "preprocess", "{'mean': Tensor, 'std': Tensor | None}")
+        classes = obj.get("classes")
+        need(isinstance(classes, list) and len(classes) > 0
+             and all(isinstance(c, str) for c in classes), "classes", "a list of names")
+        need(isinstance(obj.get("iteration", 0), int) and obj.get("iteration", 0) >= 0,
+             "iteration", "an integer >= 0")
+        for field in ("config", "optimizer", "schedule", "data"):
+            need(obj.get(field) is None or isinstance(obj[field], dict), field, "a dict")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a reslab checkpoint safely (weights_only); ReslabError if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReslabError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or one that needs arbitrary unpickling
-        raise ReslabError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ReslabError(f"{path} is not a reslab checkpoint (no format {FORMAT!r})")
-    return ckpt
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint at `path` as a plain dict (`Checkpoint.load(path).to_dict()`)."""
+    return Checkpoint.load(path).to_dict()

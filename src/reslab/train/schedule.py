@@ -3,7 +3,9 @@
 lr 0.1, divided by 10 at 32k and 48k iterations, stop at 64k; for nets of 110 layers and
 more, lr 0.01 until the training error is below 80% (about 400 iterations), then 0.1.
 
-Hand-written rather than torch.optim.lr_scheduler because the warm-up ends on a training
+The ImageNet recipe's "divided by 10 when the error plateaus" (Sec. 3.4) is torch's
+ReduceLROnPlateau (`PlateauSchedule`). The CIFAR schedule is hand-written rather than
+torch.optim.lr_scheduler because the warm-up ends on a training
 error criterion, not at a fixed step, and because a pure function of the iteration makes
 resuming exact without saving scheduler state.
 """
@@ -11,6 +13,8 @@ resuming exact without saving scheduler state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 PAPER_ITERATIONS = 64_000
 PAPER_MILESTONES = (32_000, 48_000)
@@ -28,7 +32,8 @@ def scale_milestones(
 @dataclass
 class StepSchedule:
     """Piecewise-constant lr: `base_lr * gamma**k` after the k-th milestone, with an
-    optional warm-up at `warmup_lr` that lasts until `end_warmup()` is called."""
+    optional warm-up at `warmup_lr` that lasts until `observe_train_error` sees the training
+    error fall below `warmup_until_error` (Sec. 4.2, ResNet-110)."""
 
     base_lr: float
     milestones: tuple[int, ...]
@@ -70,21 +75,18 @@ def needs_warmup(depth: int) -> bool:
     return depth >= 110
 
 
-class PlateauStepSchedule:
-    """lr divided by 10 when the evaluation error plateaus (ImageNet, Sec. 3.4).
-
-    Torch's ReduceLROnPlateau (through `reslab.train.imagenet_recipe.PlateauSchedule`)
-    owns the optimizer's lr; `lr()` reads it back so the loop treats both schedules alike.
-    """
+class PlateauSchedule:
+    """lr divided by 10 when the evaluation error plateaus (ImageNet, Sec. 3.4): torch's
+    `ReduceLROnPlateau(mode="min")` owns the optimizer's lr; `lr()` reads it back so the
+    loop treats both schedules alike, and `after_eval(error)` feeds it."""
 
     warming_up = False
 
-    def __init__(self, optimizer, patience: int, threshold: float, gamma: float = 0.1) -> None:
-        from reslab.train.imagenet_recipe import PlateauSchedule
-
+    def __init__(self, optimizer: torch.optim.Optimizer, patience: int = 5,
+                 threshold: float = 1e-3, gamma: float = 0.1) -> None:
         self.optimizer = optimizer
-        self.plateau = PlateauSchedule(optimizer, patience=patience, threshold=threshold,
-                                       factor=gamma)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=gamma, patience=patience, threshold=threshold)
 
     def lr(self, iteration: int) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

@@ -1,64 +1,76 @@
-"""Where the trainer's batches come from, one class per kind of data.
+"""Where the trainer's batches come from: `TensorSource` for the CIFAR recipe (here) and
+`FolderSource` for the ImageNet recipe (`reslab.train.folder_source`).
 
-`TensorSource` (CIFAR recipe, Sec. 4.2): the whole split kept on the device as uint8,
-augmented per batch with tensor ops (airbench style). `FolderSource` (ImageNet recipe,
-Sec. 3.4): an image folder decoded and augmented in DataLoader workers with torchvision,
-photometric steps per batch on the device. Both give the loop the same interface:
-`batch(iteration) -> (x, y)`, `evaluate(model, ...) -> [loss sum, top1 wrong, top5 wrong,
-n]` over this rank's shard, `preprocess` (stored with checkpoints), `classes`, `name`.
+Both give the loop one interface: `batch(iteration) -> (x, y)` (model-ready, on the
+engine's device, a pure function of (seed, iteration, rank)), `evaluate(model) -> [loss
+sum, top-1 wrong, top-5 wrong, images]` over this rank's shard of the evaluation split,
+`preprocess` (stored with checkpoints), `classes`, `name`, `eval_name`, `train_size`,
+`eval_size`, `close()`. `make_source` picks the one of the recipe.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
+from reslab.data import (
+    ImageData,
+    Preprocess,
+    load_image_data,
+    per_channel_mean_std,
+    per_pixel_mean,
+    random_crop_flip,
+)
+from reslab.engine import Engine
 from reslab.errors import ReslabError
-from reslab.evaluate import accumulate_errors
+from reslab.evaluate import error_sums
 from reslab.train.distributed import World
+from reslab.train.folder_source import FolderSource
+from reslab.train.recipes import TrainConfig
 
 
 class TensorSource:
-    """Training batches from a split kept on the device as uint8.
+    """Training batches from a split kept on the device as uint8 (Sec. 4.2, airbench style).
 
     Each epoch is a permutation seeded by (seed, epoch); batch `iteration` is a pure
     function of (seed, iteration), and in a world of W ranks each rank takes every W-th
     image of the global batch. Augmentation: mean subtracted, `pad`-pixel zero pad, random
-    crop, random flip, on whole batches (Sec. 4.2).
+    crop, random flip, on whole batches.
     """
 
-    def __init__(self, data, preprocess, batch_size: int, device: torch.device, seed: int,
-                 pad: int, world: World) -> None:
+    def __init__(self, data: ImageData, preprocess: Preprocess, cfg: TrainConfig,
+                 engine: Engine, world: World) -> None:
         split = data.train
-        self.name, self.classes = data.name, list(data.classes)
         eval_split = data.val if data.val is not None else data.test
+        self.name, self.classes = data.name, list(data.classes)
         self.eval_name = "val" if data.val is not None else "test"
         self.train_size, self.eval_size = len(split), len(eval_split)
-        self.images = split.images.to(device)
-        self.labels = split.labels.to(device)
+        self.batch_size, self.eval_batch_size = cfg.batch_size, cfg.eval_batch_size
+        self.steps_per_epoch = len(split) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise ReslabError(f"--batch-size {cfg.batch_size} is larger than the training set "
+                              f"({len(split)} images)")
+        if cfg.batch_size % world.size:
+            raise ReslabError(f"--batch-size {cfg.batch_size} must divide by the {world.size} "
+                              "ranks")
+        self.fingerprint = _fingerprint(split.images, split.labels)
+        device = engine.device
+        self.images, self.labels = split.images.to(device), split.labels.to(device)
         shard = slice(world.rank, None, world.size)
         self.eval_images = eval_split.images[shard].to(device)
         self.eval_labels = eval_split.labels[shard].to(device)
-        self.batch_size = batch_size
-        self.steps_per_epoch = len(split) // batch_size
-        if self.steps_per_epoch < 1:
-            raise ReslabError(
-                f"--batch-size {batch_size} is larger than the training set ({len(split)} images)"
-            )
-        if batch_size % world.size:
-            raise ReslabError(f"--batch-size {batch_size} must divide by the {world.size} ranks")
-        self.preprocess, self.device, self.seed, self.pad, self.world = (
-            preprocess, device, seed, pad, world)
+        self.preprocess, self.engine, self.seed, self.pad, self.world = (
+            preprocess, engine, cfg.seed, cfg.pad, world)
         self._epoch, self._perm = -1, None
         self.generator = torch.Generator(device=device)
 
     def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from reslab.data.augment import random_crop_flip
-
         epoch, step = divmod(iteration, self.steps_per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(len(self.labels), generator=g).to(self.device)
+            self._perm = torch.randperm(len(self.labels), generator=g).to(self.engine.device)
             self._epoch = epoch
         idx = self._perm[step * self.batch_size : (step + 1) * self.batch_size]
         idx = idx[self.world.rank :: self.world.size]
@@ -66,142 +78,45 @@ class TensorSource:
         self.generator.manual_seed((self.seed * 1_000_003 + iteration) * 64 + self.world.rank)
         return random_crop_flip(x, self.pad, generator=self.generator), self.labels[idx]
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch_size: int, run_model) -> list[float]:
+    def evaluate(self, model: nn.Module) -> list[float]:
         """[loss sum, top-1 wrong, top-5 wrong, images] on this rank's shard (single view)."""
-        sums = [0.0, 0.0, 0.0, 0.0]
-        for i in range(0, len(self.eval_labels), batch_size):
-            x = self.preprocess(self.eval_images[i : i + batch_size])
-            y = self.eval_labels[i : i + batch_size]
-            accumulate_errors(sums, run_model(model, x).float(), y)
-        return sums
+        n, b = len(self.eval_labels), self.eval_batch_size
+        batches = ((self.eval_images[i : i + b], self.eval_labels[i : i + b])
+                   for i in range(0, n, b))
+        return error_sums(model, batches, self.preprocess, self.engine)
 
     def close(self) -> None:
         pass
 
 
-class _SkipSampler(torch.utils.data.Sampler):
-    """Drops the first `skip` indices of `sampler` once (resuming mid-epoch)."""
-
-    def __init__(self, sampler, skip: int) -> None:
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self):
-        it = iter(self.sampler)
-        skip, self.skip = self.skip, 0
-        for i, idx in enumerate(it):
-            if i >= skip:
-                yield idx
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.skip
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
+def _fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """A short hash of a split's pixels and labels: the data's identity for --resume."""
+    h = hashlib.sha256()
+    h.update(labels.cpu().numpy().tobytes())
+    h.update(images.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
-class FolderSource:
-    """ImageNet-layout folder (`ROOT/train/<class>/*`, `ROOT/val/<class>/*`), Sec. 3.4.
+def make_source(cfg: TrainConfig, engine: Engine, world: World, data: ImageData | None = None,
+                preprocess: Preprocess | None = None) -> TensorSource | FolderSource:
+    """The batch source of `cfg.recipe`. `data`: a pre-loaded CIFAR-recipe data set
+    (experiments share one load); `preprocess`: a resumed run's (else the training mean)."""
+    if cfg.recipe == "imagenet":
+        return FolderSource(cfg, engine, world, preprocess.mean if preprocess else None)
+    if data is None:
+        data = load_image_data(cfg.data, root=cfg.data_root, val_split=cfg.val_split,
+                               seed=cfg.seed, skip_corrupt=cfg.skip_corrupt,
+                               progress=cfg.progress and world.is_main)
+    if preprocess is None:  # the paper: per-pixel mean of the training images
+        preprocess = Preprocess(per_channel_mean_std(data.train.images)[0]
+                                if cfg.mean == "per-channel" else per_pixel_mean(data.train.images))
+    return TensorSource(data, preprocess, cfg, engine, world)
 
-    Workers decode with torchvision and do the geometric augmentation (shorter side in
-    [256, 480], random 224 crop, flip) on uint8; the device does float conversion, PCA
-    lighting and mean subtraction per batch. Evaluation: shorter side 256, centre crop.
-    """
 
-    def __init__(self, root: str, batch_size: int, device: torch.device, seed: int,
-                 world: World, workers: int, mean: torch.Tensor | None,
-                 mean_mode: str = "per-pixel", recipe=None) -> None:
-        from torch.utils.data import DistributedSampler, RandomSampler
-
-        from reslab.data.augment import Preprocess
-        from reslab.data.imagenet import (
-            Lighting,
-            channel_mean_std,
-            imagenet_loaders,
-            pixel_mean,
-        )
-        from reslab.train.imagenet_recipe import IMAGENET_RECIPE
-
-        recipe = recipe or IMAGENET_RECIPE
-        if batch_size % world.size:
-            raise ReslabError(f"--batch-size {batch_size} must divide by the {world.size} ranks")
-        self.train_loader, self.val_loader = imagenet_loaders(
-            root, batch_size // world.size, workers, world.distributed, seed, mean=mean,
-            scale=recipe.scale, crop=recipe.crop, val_resize=recipe.test_resize,
-            to_float=False,
-        )
-        ds = self.train_loader.dataset
-        if mean is None:  # per-pixel (the paper) or per-channel, from a training sample
-            if mean_mode == "per-channel":
-                mean = channel_mean_std(ds, n=1000, seed=seed)[0]
-            else:
-                mean = pixel_mean(ds, n=1000, seed=seed, size=recipe.test_resize,
-                                  crop=recipe.crop)
-        self.preprocess = Preprocess(mean)
-        self.lighting = Lighting(recipe.lighting_alphastd)
-        self.name, self.classes = root, list(ds.classes)
-        self.eval_name = "val"
-        self.train_size, self.eval_size = len(ds), len(self.val_loader.dataset)
-        self.steps_per_epoch = len(self.train_loader)
-        if self.steps_per_epoch < 1:
-            raise ReslabError(f"--batch-size {batch_size} is larger than the training set")
-        sampler = self.train_loader.sampler
-        self._base_sampler = sampler if isinstance(sampler, DistributedSampler) else None
-        if self._base_sampler is None:
-            assert isinstance(sampler, RandomSampler)
-        self.device, self.seed, self.world = device, seed, world
-        self._iter, self._epoch = None, -1
-
-    def _start_epoch(self, epoch: int, skip_batches: int) -> None:
-        from torch.utils.data import DataLoader
-
-        loader = self.train_loader
-        if self._base_sampler is not None:
-            self._base_sampler.set_epoch(epoch)
-            sampler = self._base_sampler
-        else:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            sampler = torch.utils.data.RandomSampler(loader.dataset, generator=g)
-        per_rank = loader.batch_size
-        if skip_batches:
-            sampler = _SkipSampler(sampler, skip_batches * per_rank)
-        torch.manual_seed(self.seed * 1_000_003 + epoch * 64 + self.world.rank)
-        self._loader = DataLoader(
-            loader.dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
-            num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-            persistent_workers=False,
-        )
-        self._iter = iter(self._loader)
-        self._epoch = epoch
-
-    def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, step = divmod(iteration, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._start_epoch(epoch, step)
-        try:
-            x, y = next(self._iter)
-        except StopIteration:  # a shorter epoch on this rank: start the next one
-            self._start_epoch(epoch + 1, 0)
-            x, y = next(self._iter)
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
-        # PCA lighting adds one RGB offset per image; with no std division it commutes
-        # with the mean subtraction, so it is added after it.
-        x = self.preprocess(x)
-        if self.lighting.alphastd:
-            x = x + self.lighting.noise((len(x),), x.device)[:, :, None, None]
-        return x, y
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch_size: int, run_model) -> list[float]:
-        """[loss sum, top-1 wrong, top-5 wrong, images] of this rank's val shard
-        (shorter side 256, centre 224 crop; 10-crop and multi-scale are `reslab eval`'s)."""
-        sums = [0.0, 0.0, 0.0, 0.0]
-        for x, y in self.val_loader:
-            x = self.preprocess(x.to(self.device))
-            accumulate_errors(sums, run_model(model, x).float(), y.to(self.device))
-        return sums
-
-    def close(self) -> None:
-        self._iter = None
+def data_identity(source: TensorSource | FolderSource) -> dict:
+    """What a run was trained on, recorded in checkpoints and compared on --resume."""
+    identity = {"name": source.name, "classes": list(source.classes),
+                "train": source.train_size, "eval": source.eval_size}
+    if getattr(source, "fingerprint", None):
+        identity["fingerprint"] = source.fingerprint
+    return identity

@@ -1,18 +1,15 @@
-"""The training loop: the paper's recipe (Sec. 4.2) on uint8 tensors kept on the device.
+"""The training loop of the paper's recipes (Sec. 4.2 CIFAR, Sec. 3.4 ImageNet).
 
-Read top to bottom: set up (device, data, model, optimizer, resume), then the loop
-(lr from the schedule, batch, step, metrics), with an evaluation, a metrics record, a
-checkpoint and a curves.png every `eval_every` iterations. Everything is a pure function
-of (seed, iteration, rank), so a resumed run ends with the same weights as an
-uninterrupted one.
+`train(cfg)` reads top to bottom: `start_run` sets everything up (run folder, engine,
+data, model, optimizer, schedule, resume), then the loop: lr from the schedule, batch,
+step, meter; at each log step one host sync; at each evaluation one call to the run log.
+Every random draw is a pure function of (seed, iteration, rank), so a resumed run ends
+with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
 import signal
 import sys
 import threading
@@ -25,14 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.analysis.curves import plot_error_curves
-from reslab.atomic_write import atomic_write_json, atomic_write_text
+from reslab.data import ImageData, Preprocess
+from reslab.engine import Engine, machine_info, make_engine, versions
 from reslab.errors import ReslabError
-from reslab.models.registry import build, resolve
-from reslab.train.checkpoint import load_checkpoint, save_checkpoint
+from reslab.models.registry import ModelSpec, build, resolve
+from reslab.train.checkpoint import Checkpoint
 from reslab.train.distributed import World, all_reduce_sum, barrier, init_world
-from reslab.train.recipes import TrainConfig, resolved_milestones
-from reslab.train.schedule import PlateauStepSchedule, StepSchedule, needs_warmup
+from reslab.train.recipes import TrainConfig
+from reslab.train.run_folder import RunFolder
+from reslab.train.runlog import RunLog, is_finite_model, read_metrics
+from reslab.train.schedule import PlateauSchedule, StepSchedule, needs_warmup
+from reslab.train.sources import data_identity, make_source
+
+__all__ = ["RunResult", "read_metrics", "train"]
 
 
 @dataclass
@@ -48,54 +50,47 @@ class RunResult:
     wall_seconds: float
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda, else mps, else cpu; an unavailable device is a ReslabError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ReslabError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReslabError("--device cuda asked for, but no CUDA GPU is available")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ReslabError("--device mps asked for, but MPS is not available")
-    return dev
+class Meter:
+    """Training loss and error since the last evaluation. Sums stay on the device between
+    log steps (no host sync per iteration); `sync` folds them into host totals."""
 
+    def __init__(self, device: torch.device, carried: list[float] | None = None) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.wrong = torch.zeros((), device=device, dtype=torch.long)
+        self.pending = 0
+        self.total = list(carried) if carried else [0.0, 0.0, 0.0]  # loss sum, wrong, images
+        self.seconds, self.images, self.mark = 0.0, 0, time.perf_counter()
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += loss.detach() * y.numel()
+        self.wrong += (logits.detach().argmax(1) != y).sum()
+        self.pending += y.numel()
 
+    def sync(self, world: World, device: torch.device, stop: bool) -> tuple[list[float], bool]:
+        """All-reduce the pending sums (and the stop flag) over ranks and fold them into the
+        totals; returns ([loss sum, wrong, images] of the window, any rank stopping)."""
+        loss, wrong, n, stopping = all_reduce_sum(
+            [float(self.loss_sum), float(self.wrong), float(self.pending), float(stop)],
+            world, device)
+        self.loss_sum.zero_()
+        self.wrong.zero_()
+        self.pending = 0
+        self.total = [self.total[0] + loss, self.total[1] + wrong, self.total[2] + n]
+        now = time.perf_counter()
+        self.seconds, self.images, self.mark = self.seconds + now - self.mark, self.images + n, now
+        return [loss, wrong, n], stopping > 0
 
-def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32.
+    def take(self) -> dict[str, float]:
+        """The interval's training figures for a metrics record; starts a new interval."""
+        loss, wrong, n = self.total
+        out = {"train_loss": loss / max(n, 1), "train_error": wrong / max(n, 1),
+               "images_per_sec": self.images / max(self.seconds, 1e-9)}
+        self.total, self.seconds, self.images = [0.0, 0.0, 0.0], 0.0, 0
+        return out
 
-    auto: bf16 on CUDA GPUs that support it; fp32 elsewhere. On a CPU with native bf16,
-    `--precision bf16` trains about 1.5x faster (benchmarks/train_throughput.py) but it
-    slowed ResNet-56's early training measurably (docs/results.md), so it is opt-in there.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def precision_name(precision: str, device: torch.device) -> str:
-    """"bf16" or "fp32": what `precision` (possibly "auto") resolves to on `device`."""
-    return "bf16" if pick_precision(precision, device) is not None else "fp32"
+    def restart_clock(self) -> None:
+        """Evaluation time is not training time."""
+        self.mark = time.perf_counter()
 
 
 @contextmanager
@@ -120,319 +115,221 @@ def stop_requests():
             signal.signal(s, h)
 
 
-def machine_info(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(device)}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpu_count"] = torch.cuda.device_count()
-    return info
+@dataclass
+class Run:
+    """Everything the loop needs, made by `start_run`."""
+
+    cfg: TrainConfig
+    engine: Engine
+    world: World
+    folder: RunFolder
+    source: object  # TensorSource | FolderSource
+    spec: ModelSpec
+    model: nn.Module
+    step_model: nn.Module  # the model as stepped: DDP- and/or compile-wrapped
+    optimizer: torch.optim.Optimizer
+    schedule: StepSchedule | PlateauSchedule
+    iterations: int
+    eval_every: int
+    start: int
+    best_error: float | None
+    meter: Meter
+    log: RunLog
+    started: float
+
+    def checkpoint(self, iteration: int) -> Checkpoint:
+        return Checkpoint(
+            model_spec=self.spec.to_dict(), model=self.model.state_dict(),
+            preprocess=self.source.preprocess.to_dict(), classes=list(self.source.classes),
+            iteration=iteration, config=self.cfg.to_dict(),
+            optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
+            best_error=self.best_error, interval=list(self.meter.total),
+            world_size=self.world.size, data=data_identity(self.source))
 
 
-def versions() -> dict:
-    import torchvision
-
-    from reslab import __version__
-
-    return {"reslab": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__}
-
-
-def read_metrics(path: Path, upto: int | None = None) -> list[dict]:
-    """metrics.jsonl records (those with iteration <= upto, if given)."""
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if upto is None or r["iteration"] <= upto]
-
-
-def _write_metrics(path: Path, records: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
-def _run_model(autocast_dtype: torch.dtype | None, channels_last: bool, device: torch.device):
-    def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
-                            enabled=autocast_dtype is not None):
-            return model(x)
-
-    return run
-
-
-def _make_source(cfg: TrainConfig, data, device: torch.device, world: World, ckpt: dict | None):
-    """The batch source of the recipe: device tensors (CIFAR) or an image folder (ImageNet)."""
-    from reslab.train.sources import FolderSource, TensorSource
-
-    if cfg.recipe == "imagenet":
-        from reslab.train.imagenet_recipe import recipe_with
-
-        sizes = dict(cfg.extra)
-        mean = None
-        if ckpt is not None:  # resume at the checkpoint's input sizes unless told otherwise
-            old = (ckpt.get("config") or {}).get("extra") or {}
-            sizes = {**{k: old[k] for k in ("scale", "crop", "test_resize") if k in old},
-                     **sizes}
-            mean = ckpt["preprocess"]["mean"]
-        recipe = recipe_with(sizes)
-        if mean is not None and mean.shape[1:] != (1, 1) and tuple(mean.shape[1:]) != (
-                recipe.crop, recipe.crop):
-            raise ReslabError(f"the checkpoint's per-pixel mean is {tuple(mean.shape[1:])} but "
-                              f"the crop is {recipe.crop}: resume with --crop {mean.shape[-1]}")
-        cfg.extra.update({k: sizes[k] for k in ("scale", "crop", "test_resize") if k in sizes})
-        return FolderSource(cfg.data, cfg.batch_size, device, cfg.seed, world,
-                            int(cfg.extra.get("workers", min(8, os.cpu_count() or 1))), mean,
-                            cfg.mean, recipe)
-    from reslab.data import Preprocess, load_image_data, per_channel_mean_std, per_pixel_mean
-
-    if data is None:
-        data = load_image_data(cfg.data, root=cfg.data_root, val_split=cfg.val_split,
-                               seed=cfg.seed, skip_corrupt=cfg.skip_corrupt,
-                               progress=cfg.progress and world.is_main)
-    if cfg.mean == "per-channel":
-        preprocess = Preprocess(per_channel_mean_std(data.train.images)[0])
-    else:  # the paper: per-pixel mean of the training images
-        preprocess = Preprocess(per_pixel_mean(data.train.images))
-    return TensorSource(data, preprocess, cfg.batch_size, device, cfg.seed, cfg.pad, world)
-
-
-def train(cfg: TrainConfig, data=None) -> RunResult:
+def train(cfg: TrainConfig, data: ImageData | None = None) -> RunResult:
     """Train `cfg.model` on `cfg.data` with the recipe in `cfg`; outputs go to `cfg.out`.
 
     `data` may be a pre-loaded `reslab.data.ImageData` (experiments share one load).
     Launched by `torchrun`, every process runs this; rank 0 writes the outputs.
     """
-    cfg.validate()
-    t_start = time.time()
-    device = pick_device(cfg.device)
-    world = init_world(device.type)
-    if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
-    autocast_dtype = pick_precision(cfg.precision, device)
-    channels_last = cfg.channels_last
-    if channels_last is None:  # faster for oneDNN (CPU) and cuDNN convolutions
-        channels_last = device.type in ("cuda", "cpu")
-    run_model = _run_model(autocast_dtype, channels_last, device)
+    run = start_run(cfg, data)
+    it, meter, log, world = run.start, run.meter, run.log, run.world
+    device, stopping = run.engine.device, False
+    try:
+        run.model.train()
+        with stop_requests() as stop:
+            while it < run.iterations and not stopping:
+                lr = run.schedule.lr(it)
+                for group in run.optimizer.param_groups:
+                    group["lr"] = lr
+                x, y = run.source.batch(it)
+                logits = run.engine(run.step_model, x)
+                loss = F.cross_entropy(logits.float(), y)
+                run.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                run.optimizer.step()
+                meter.add(loss, logits, y)
+                it += 1
+                # One stop path: a world of one stops at once; under DDP the ranks agree at
+                # the next log step, so that none is left waiting in a collective.
+                stopping = stop["signal"] is not None and not world.distributed
+                evaluate_now = it % run.eval_every == 0 or it == run.iterations
+                warm = run.schedule.warming_up and it % 10 == 0
+                if not (evaluate_now or warm or it % cfg.log_every == 0):
+                    continue
+                (loss_sum, wrong, n), agreed = meter.sync(world, device,
+                                                          stop["signal"] is not None)
+                stopping = stopping or agreed
+                if not math.isfinite(loss_sum):
+                    raise log.diverged(f"training loss became {loss_sum}", it)
+                if run.schedule.observe_train_error(wrong / n):
+                    log.write(f"warm-up ended at iteration {it} (training error "
+                              f"{100 * wrong / n:.1f}% < {100 * cfg.warmup_until_error:.0f}%)")
+                log.on_log(it, loss_sum / n, wrong / n, lr, n / max(meter.seconds, 1e-9))
+                if evaluate_now:
+                    evaluate_and_record(run, it, lr)
+            status = "finished" if it >= run.iterations else "interrupted"
+            if status == "interrupted" and log.last_saved != it:
+                meter.sync(world, device, True)  # the pending loss belongs to the checkpoint
+                if not is_finite_model(run.model):
+                    raise log.diverged("the weights became non-finite", it)
+                log.save_last(run.checkpoint(it))
+    finally:
+        run.source.close()
+        run.folder.close()
+    wall = time.time() - run.started
+    log.close(status, it, wall, run.best_error)
+    barrier(world)
+    last = log.records[-1] if log.records else None
+    return RunResult(Path(cfg.out), it, run.iterations, status, last, run.best_error, wall)
+
+
+def evaluate_and_record(run: Run, it: int, lr: float) -> None:
+    """Evaluate on this rank's shard, sum over ranks, and hand the record and checkpoint to
+    the run log; a non-finite evaluation or model is never saved."""
+    run.model.eval()
+    loss, top1, top5, n = all_reduce_sum(run.source.evaluate(run.model), run.world,
+                                         run.engine.device)
+    run.model.train()
+    if not (math.isfinite(loss) and is_finite_model(run.model)):
+        raise run.log.diverged(f"the evaluation loss became {loss / n}", it)
+    record = {"iteration": it, **run.meter.take(), "test_loss": loss / n,
+              "test_error": top1 / n, "test_top5_error": top5 / n, "lr": lr,
+              "elapsed": time.time() - run.started, "eval_split": run.source.eval_name,
+              "eval_images": int(n)}
+    run.schedule.after_eval(record["test_error"])
+    improved = run.best_error is None or record["test_error"] < run.best_error
+    if improved:  # on every rank: the record is the same all-reduced one
+        run.best_error = record["test_error"]
+    run.log.on_eval(record, run.checkpoint(it), improved)
+    barrier(run.world)
+    run.meter.restart_clock()
+
+
+def start_run(cfg: TrainConfig, data: ImageData | None = None) -> Run:
+    """Set a run up: lock and check the folder (before any data is read), the engine, the
+    data, the model, optimizer and schedule, and the resumed state."""
+    started = time.time()
+    engine = make_engine(cfg.device, cfg.precision, cfg.channels_last)
+    world = init_world(engine.device.type)
+    if world.distributed and engine.device.type == "cuda":
+        engine = Engine(torch.device("cuda", world.local_rank), engine.dtype,
+                        engine.channels_last)
+        torch.cuda.set_device(engine.device)
     out = Path(cfg.out)
-    metrics_path, last_path = out / "metrics.jsonl", out / "last.pt"
-    if last_path.exists() and not cfg.resume:
-        raise ReslabError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
-                          "or choose another --out")
-    ckpt = load_checkpoint(last_path) if cfg.resume and last_path.exists() else None
+    folder = RunFolder(out)
+    if world.is_main:
+        folder.open(cfg.resume)
+    try:
+        ckpt = resumed_checkpoint(cfg, out)
+        preprocess = Preprocess.from_dict(ckpt.preprocess) if ckpt else None
+        source = make_source(cfg, engine, world, data, preprocess)
+        spec = resolve(cfg.model, len(source.classes), cfg.shortcut)
+        if ckpt is not None:
+            check_resumable(ckpt, cfg, spec, data_identity(source), out)
+        return build_run(cfg, engine, world, folder, source, spec, ckpt, started)
+    except BaseException:
+        folder.close()
+        raise
 
-    # ---- data ------------------------------------------------------------------------------
-    source = _make_source(cfg, data, device, world, ckpt)
-    iterations = cfg.iterations
-    if cfg.epochs is not None:
-        iterations = max(1, math.ceil(cfg.epochs * source.train_size / cfg.batch_size))
-    milestones = resolved_milestones(cfg, iterations)
-    eval_every = cfg.eval_every or max(1, min(1000, iterations // 20))
 
-    # ---- model, optimizer, schedule ----------------------------------------------------------
-    spec = resolve(cfg.model, len(source.classes), cfg.shortcut)
+def resumed_checkpoint(cfg: TrainConfig, out: Path) -> Checkpoint | None:
+    """The run's last.pt when resuming (None for a fresh run)."""
+    last = out / "last.pt"
+    return Checkpoint.load(last) if cfg.resume and last.exists() else None
+
+
+def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, spec: ModelSpec, data: dict,
+                    out: Path) -> None:
+    """ReslabError unless `cfg` continues the run in `ckpt` (same net, data and recipe)."""
+    def describe(s: dict) -> str:
+        return s["name"] + (f" (shortcut {s['shortcut']})" if s.get("shortcut") else "")
+
+    if ckpt.model_spec != spec.to_dict():
+        raise ReslabError(f"{out / 'last.pt'} is a {describe(ckpt.model_spec)} run, not "
+                          f"{describe(spec.to_dict())}: resume with the same --model and "
+                          "--shortcut")
+    if ckpt.data is not None and ckpt.data != data:
+        diff = ", ".join(f"{k}: {ckpt.data.get(k)!r} there, {data.get(k)!r} now"
+                         for k in sorted(set(data) | set(ckpt.data))
+                         if ckpt.data.get(k) != data.get(k) and k != "classes")
+        raise ReslabError(f"{out} was trained on other data ({diff or 'other classes'}): "
+                          "resume with the same --data and --val-split")
+    if ckpt.config is not None:
+        changes = cfg.changes_from(TrainConfig.from_dict(ckpt.config))
+        if changes:
+            said = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changes.items())
+            raise ReslabError(f"{out} holds a run with other settings ({said}); resume with "
+                              "the same settings (`reslab train --resume --out DIR` reuses "
+                              "them) or choose another --out")
+
+
+def build_run(cfg: TrainConfig, engine: Engine, world: World, folder: RunFolder, source,
+              spec: ModelSpec, ckpt: Checkpoint | None, started: float) -> Run:
+    """Model, optimizer, schedule and the run log, from scratch or from `ckpt`."""
+    iterations = cfg.iterations_for(source.train_size)
     torch.manual_seed(cfg.seed)
-    model = build(spec).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = engine.prepare(build(spec))
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     warmup = needs_warmup(spec.depth) if cfg.warmup is None else cfg.warmup
     if cfg.lr_policy == "plateau":
-        schedule = PlateauStepSchedule(optimizer, cfg.plateau_patience, cfg.plateau_threshold,
-                                       cfg.gamma)
+        schedule = PlateauSchedule(optimizer, cfg.plateau_patience, cfg.plateau_threshold,
+                                   cfg.gamma)
     else:
-        schedule = StepSchedule(cfg.lr, milestones, cfg.gamma,
+        schedule = StepSchedule(cfg.lr, cfg.milestones_for(iterations), cfg.gamma,
                                 cfg.warmup_lr if warmup else None, cfg.warmup_until_error)
-
-    # ---- resume ------------------------------------------------------------------------------
-    start, best_error, acc = 0, None, [0.0, 0.0, 0.0]  # acc: loss sum, wrong, images
-    records: list[dict] = []
+    start, best_error, carried, records = 0, None, None, []
+    out = Path(cfg.out)
     if ckpt is not None:
-        if ckpt["model_spec"] != spec.to_dict():
-            raise ReslabError(f"{last_path} is a {ckpt['model_spec']['name']} run, not "
-                              f"{spec.name}: resume with the same --model and data")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
-        start = int(ckpt["iteration"])
-        best_error = ckpt.get("best_error")
-        acc = list(ckpt.get("interval", acc))
-        records = read_metrics(metrics_path, upto=start)
-
-    train_model: nn.Module = model
+        model.load_state_dict(ckpt.model)
+        optimizer.load_state_dict(ckpt.optimizer)
+        schedule.load_state_dict(ckpt.schedule)
+        start, best_error, carried = ckpt.iteration, ckpt.best_error, ckpt.interval
+        records = read_metrics(out / "metrics.jsonl", upto=start)
+    step_model: nn.Module = model
     if world.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        step_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[engine.device.index] if engine.device.type == "cuda" else None)
     if cfg.compile:
-        train_model = torch.compile(train_model)
-
-    run_info = {
+        step_model = torch.compile(step_model, mode=cfg.compile_mode)
+    eval_every = cfg.eval_every_for(iterations)
+    info = {
         "config": cfg.to_dict(), "model_spec": spec.to_dict(), "iterations": iterations,
-        "milestones": list(milestones) if cfg.lr_policy == "step" else None,
-        "eval_every": eval_every, "warmup": warmup,
-        "precision": "bf16" if autocast_dtype else "fp32", "channels_last": channels_last,
-        "world_size": world.size, "eval_split": source.eval_name,
-        "data": {"name": source.name, "classes": source.classes, "train": source.train_size,
-                 "eval": source.eval_size},
-        "versions": versions(), "machine": machine_info(device),
+        "milestones": list(schedule.milestones) if cfg.lr_policy == "step" else None,
+        "eval_every": eval_every, "warmup": warmup, "precision": engine.precision,
+        "channels_last": engine.channels_last, "world_size": world.size,
+        "eval_split": source.eval_name, "data": data_identity(source),
+        "versions": versions(), "machine": machine_info(engine.device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from": start,
         "command": " ".join(sys.argv),
     }
-    writer = None
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "run.json", run_info)
-        if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(log_dir=str(out))
-            except ImportError:
-                writer = None
-
-    def checkpoint(path: Path, iteration: int) -> None:
-        save_checkpoint(
-            path, model_spec=spec.to_dict(), model=model.state_dict(),
-            preprocess=source.preprocess.to_dict(), classes=source.classes,
-            iteration=iteration, optimizer=optimizer.state_dict(),
-            schedule=schedule.state_dict(), best_error=best_error, interval=list(acc),
-            config=cfg.to_dict(), world_size=world.size,
-        )
-
-    progress = None
-    if cfg.progress and world.is_main:
-        from tqdm import tqdm
-
-        progress = tqdm(total=iterations, initial=start, desc=spec.name, unit="it",
-                        dynamic_ncols=True, file=sys.stderr)
-
-    # ---- the loop ----------------------------------------------------------------------------
-    it = start
-    status = "finished"
-    dev_loss = torch.zeros((), device=device)
-    dev_wrong = torch.zeros((), device=device, dtype=torch.long)
-    dev_n = 0
-    train_time, interval_images, t_mark = 0.0, 0, time.perf_counter()
-    model.train()
-    with stop_requests() as stop:
-        while it < iterations:
-            # Under DDP the ranks agree on stopping at a log step (below), so that they all
-            # stop at the same iteration instead of leaving the others in a collective.
-            if stop["signal"] is not None and not world.distributed:
-                status = "interrupted"
-                break
-            lr = schedule.lr(it)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = source.batch(it)
-            logits = run_model(train_model, x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            dev_loss += loss.detach() * y.numel()
-            dev_wrong += (logits.detach().argmax(1) != y).sum()
-            dev_n += y.numel()
-            it += 1
-            evaluate_now = it % eval_every == 0 or it == iterations
-            if it % cfg.log_every == 0 or evaluate_now or (schedule.warming_up and it % 10 == 0):
-                # One host sync per log interval, not per iteration (keeps GPUs busy).
-                loss_sum, wrong, n, stopping = all_reduce_sum(
-                    [float(dev_loss), float(dev_wrong), float(dev_n),
-                     float(stop["signal"] is not None)], world, device)
-                if not math.isfinite(loss_sum):
-                    raise ReslabError(
-                        f"training loss became {loss_sum} before iteration {it}; stopped. "
-                        f"The last good checkpoint is {last_path if last_path.exists() else 'none'}"
-                        ". Try a lower --lr (or warm-up)."
-                    )
-                acc = [acc[0] + loss_sum, acc[1] + wrong, acc[2] + n]
-                now = time.perf_counter()
-                train_time += now - t_mark
-                interval_images += n
-                if schedule.observe_train_error(wrong / n) and progress is not None:
-                    progress.write(f"warm-up ended at iteration {it} "
-                                   f"(training error {100 * wrong / n:.1f}% < "
-                                   f"{100 * cfg.warmup_until_error:.0f}%)")
-                if progress is not None:
-                    progress.update(it - progress.n)
-                    progress.set_postfix(loss=f"{loss_sum / n:.3f}", err=f"{100 * wrong / n:.1f}%",
-                                         lr=f"{lr:g}", ips=f"{n / max(now - t_mark, 1e-9):.0f}")
-                dev_loss.zero_()
-                dev_wrong.zero_()
-                dev_n = 0
-                t_mark = time.perf_counter()
-                if stopping and world.distributed:
-                    status = "interrupted"
-                    break
-            if evaluate_now:
-                was_training = model.training
-                model.eval()
-                sums = all_reduce_sum(source.evaluate(model, cfg.eval_batch_size, run_model),
-                                      world, device)
-                model.train(was_training)
-                record = {
-                    "iteration": it,
-                    "train_loss": acc[0] / max(acc[2], 1),
-                    "train_error": acc[1] / max(acc[2], 1),
-                    "test_loss": sums[0] / sums[3],
-                    "test_error": sums[1] / sums[3],
-                    "test_top5_error": sums[2] / sums[3],
-                    "lr": lr,
-                    "images_per_sec": interval_images / max(train_time, 1e-9),
-                    "elapsed": time.time() - t_start,
-                    "eval_split": source.eval_name,
-                    "eval_images": int(sums[3]),
-                }
-                records.append(record)
-                schedule.after_eval(record["test_error"])
-                acc, train_time, interval_images = [0.0, 0.0, 0.0], 0.0, 0
-                improved = best_error is None or record["test_error"] < best_error
-                if improved:  # on every rank: the record is the same all-reduced one
-                    best_error = record["test_error"]
-                if world.is_main:
-                    _write_metrics(metrics_path, records)
-                    if improved:
-                        checkpoint(out / "best.pt", it)
-                    checkpoint(last_path, it)
-                    if writer is not None:
-                        for key in ("train_loss", "train_error", "test_loss", "test_error",
-                                    "test_top5_error", "lr", "images_per_sec"):
-                            writer.add_scalar(key, record[key], it)
-                        writer.flush()
-                    plot_error_curves({spec.name: records}, out / "curves.png",
-                                      title=f"{spec.name} on {source.name}")
-                    if progress is not None:
-                        progress.write(
-                            f"iter {it}: train err {100 * record['train_error']:.2f}% "
-                            f"loss {record['train_loss']:.3f} | {source.eval_name} err "
-                            f"{100 * record['test_error']:.2f}% loss {record['test_loss']:.3f}"
-                            f" | {record['images_per_sec']:.0f} img/s")
-                barrier(world)
-                t_mark = time.perf_counter()  # evaluation time is not training time
-        if status == "interrupted" and world.is_main:
-            checkpoint(last_path, it)
-    source.close()
-    if progress is not None:
-        progress.close()
-    if writer is not None:
-        writer.close()
-    wall = time.time() - t_start
-    if world.is_main:
-        run_info.update({"status": status, "finished_iteration": it, "wall_seconds": wall,
-                         "final": records[-1] if records else None, "best_error": best_error})
-        atomic_write_json(out / "run.json", run_info)
-    barrier(world)
-    return RunResult(out, it, iterations, status, records[-1] if records else None, best_error,
-                     wall)
+    info["data"].update(train=source.train_size, eval=source.eval_size)
+    log = RunLog(out, info, records, f"{spec.name} on {source.name}", iterations, start,
+                 main=world.is_main, progress=cfg.progress, tensorboard=cfg.tensorboard)
+    if ckpt is not None:
+        log.last_saved = start
+    return Run(cfg, engine, world, folder, source, spec, model, step_model, optimizer,
+               schedule, iterations, eval_every, start, best_error,
+               Meter(engine.device, carried), log, started)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One prepared GPU check (issue 10): run it once on a machine with a GPU, in under 8 minutes.
+#   1. the test suite's CUDA tests (pytest -m cuda);
+#   2. images/s of ResNet-20/56/110 in fp32 and bf16, with and without CUDA-graph capture
+#      (torch.compile mode reduce-overhead), and the projected time of the full 64k schedule;
+#   3. if ResNet-20's projection is under 5 minutes, that full schedule on the CIFAR-10 JPEG
+#      copy, with its final test error beside the conventional loop's projected time.
+# Everything it prints is also written under $OUT (default ./gpu-check-out).
+#
+#   bash benchmarks/gpu_check.sh            # on the GPU machine
+#   bash benchmarks/gpu_check.sh --dry-run  # on CPU: every step at tiny sizes
+#
+# Data: local_data/cifar10-jpeg75.tar.gz (git-ignored; copy ../shared/data's file there and
+# carry it to the GPU machine), else ../shared/data/cifar10-jpeg75.tar.gz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=""
+[ "${1:-}" = "--dry-run" ] && DRY="--dry-run"
+OUT="${OUT:-$PWD/gpu-check-out}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+exec > >(tee -a "$LOG") 2>&1
+started=$(date +%s)
+echo "== reslab GPU check $(date -u +%FT%TZ) ${DRY}"
+
+if ! python -c "import reslab" 2>/dev/null; then
+    python -m pip install --quiet -e ".[test]" || python -m pip install --quiet --no-deps -e .
+fi
+python - <<'PY'
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+PY
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
+    --format=csv,noheader
+
+DATA=local_data/cifar10-jpeg75.tar.gz
+[ -f "$DATA" ] || DATA=../shared/data/cifar10-jpeg75.tar.gz
+[ -f "$DATA" ] || DATA=""
+
+echo "== 1. CUDA tests"
+if [ -n "$DRY" ]; then
+    python -m pytest -q -m cuda -p no:cacheprovider tests --co 2>&1 | tail -3
+else
+    timeout 150 python -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tail -15
+    rc=$?; [ $rc -eq 5 ] && echo "(no CUDA tests collected)"
+fi
+
+echo "== 2+3. throughput and the full schedule"
+FULL=()
+[ -n "$DATA" ] && FULL=(--full-data "$DATA")
+timeout $((470 - ($(date +%s) - started))) python benchmarks/gpu_throughput.py \
+    --out "$OUT" --budget-s 150 ${DRY} "${FULL[@]}"
+echo "== done in $(( $(date +%s) - started )) s; results in $OUT"

@@ -1,0 +1,81 @@
+"""The run folder (`--out`): checked before any data is read, locked while a run lives.
+
+One place for the failures a folder meets: a path that is a file or cannot be written is
+refused at once; a second `reslab train` (or a second sweep process) on the same folder
+is refused while the first lives; a lock left by a killed run never blocks a `--resume`
+(the lock is an `fcntl.flock`, which the kernel drops when its process dies); temporary
+files of writes that a kill -9 interrupted are removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from reslab.atomic_write import clean_stale_temps
+from reslab.errors import ReslabError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the other checks still apply
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
+
+
+class RunFolder:
+    """`--out` of one run: `open()` checks and locks it; `close()` unlocks it."""
+
+    def __init__(self, out: str | os.PathLike) -> None:
+        self.path = Path(out)
+        self._lock_fd: int | None = None
+
+    def open(self, resume: bool) -> RunFolder:
+        """Create the folder if needed, check that it can be written, lock it, and refuse
+        to overwrite a run (`last.pt`) unless `resume`."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise ReslabError(f"--out {path} is a file, not a folder: choose another --out")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise ReslabError(f"cannot write to --out {path}: {e.strerror or e}; choose a "
+                              "writable folder") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise ReslabError(
+                        f"another reslab process is writing to {path} (it holds "
+                        f"{path / LOCK_NAME}); wait for it to finish, or use another --out"
+                    ) from None
+                raise
+        self._lock_fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            self.close()
+            raise ReslabError(f"cannot write to --out {path}: {e.strerror or e}; free space "
+                              "or choose a writable folder") from None
+        if (path / "last.pt").exists() and not resume:
+            self.close()
+            raise ReslabError(f"{path} already holds a run (last.pt): pass --resume to "
+                              "continue it, or choose another --out")
+        clean_stale_temps(path)
+        return self
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
