@@ -173,3 +173,30 @@ def test_error_sums_is_the_one_loop():
     r = evaluate_tensors(net, images, labels, pre, batch_size=4, channels_last=True)
     assert (r.images, r.top1_error, r.top5_error) == (11, sums[1] / 11, sums[2] / 11)
     assert r.loss == pytest.approx(sums[0] / 11, rel=1e-5)
+
+
+def test_ten_crop_of_a_view_invariant_net_scores_what_the_centre_view_scores():
+    """On images of one colour each, every crop (and its flip) shows the same thing: a net
+    that pools globally then classifies must score the same under 1 and 10 crops, and
+    multi-scale too. Labels are chosen so that some images are misclassified."""
+    g = torch.Generator().manual_seed(0)
+    colours = torch.randint(0, 256, (12, 3, 1, 1), generator=g, dtype=torch.uint8)
+    images = [c.expand(3, 30 + i, 40).clone() for i, c in enumerate(colours)]
+    labels = torch.randint(0, 4, (12,), generator=g)
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(3, 4))
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return images[i], int(labels[i])
+
+    data = Images()
+    one = evaluate_imagenet(net, data, crops=1, resize=24, crop=20, images_per_batch=5)
+    ten = evaluate_imagenet(net, data, crops=10, resize=24, crop=20, images_per_batch=5)
+    multi = evaluate_imagenet(net, data, scales=(20, 28), images_per_batch=5)
+    assert 0 < one.top1_error < 1
+    assert ten.top1_error == one.top1_error == multi.top1_error
+    assert ten.loss == pytest.approx(one.loss, rel=1e-5)

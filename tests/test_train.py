@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from reslab.atomic_write import atomic_write, atomic_write_json
 from reslab.cli import main
 from reslab.data import load_image_data
 from reslab.errors import ReslabError
@@ -203,22 +202,6 @@ def test_bad_config_is_a_clear_error():
         TrainConfig(batch_size=0)
     with pytest.raises(ReslabError, match="--lr"):
         cifar_recipe(lr=-1)
-
-
-# ---- atomic writes ---------------------------------------------------------------------------
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    path = tmp_path / "results.json"
-    atomic_write_json(path, {"a": 1})
-
-    def broken(f):
-        f.write(b'{"half":')
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(path, broken)
-    assert json.loads(path.read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left
 
 
 # ---- CLI: train, eval, predict -----------------------------------------------------------------

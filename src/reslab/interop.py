@@ -24,6 +24,7 @@ from torch import nn
 
 from reslab.atomic_write import atomic_write, atomic_write_bytes, atomic_write_via_path
 from reslab.errors import ReslabError
+from reslab.models.blocks import ZeroPadShortcut
 from reslab.models.registry import build, spec_from_dict
 
 CHECKPOINT_FORMAT = "reslab-checkpoint-v1"
@@ -151,7 +152,6 @@ def _from_akamaster(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
     channels permuted, every block's last conv/BN its output channels, and the fc its
     input features. The outputs of our unchanged model then equal theirs exactly.
     """
-    from reslab.models.blocks import ZeroPadShortcut
 
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():

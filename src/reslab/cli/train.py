@@ -29,6 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plateaus, up to 600k iterations, shorter side in [256, 480], 224 crop + flip, PCA "
         "lighting, per-pixel mean. Unset flags take the recipe's values.",
     )
+    _add_run_options(p)
+    _add_engine_options(p.add_argument_group("engine"))
+    _add_imagenet_options(p.add_argument_group("imagenet recipe (Sec. 3.4)"))
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Net, data, outputs and the optimisation (Sec. 4.2)."""
     p.add_argument("--model", default=None,
                    help="network name (see `reslab models`; default resnet20)")
     p.add_argument("--shortcut", choices=["A", "B", "C"], default=None,
@@ -65,6 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--eval-every", type=int, default=None,
                    help="evaluate, log and checkpoint every K iterations (default: ~20 per run)")
+    p.add_argument("--eval-batch-size", type=int, default=None,
+                   help="images per evaluation batch (default 1000 CIFAR, 100 ImageNet)")
+
+
+def _add_engine_options(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--device", default=None,
                    help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
@@ -78,8 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile-mode", choices=list(COMPILE_MODES), default=None,
                    help="torch.compile mode (with --compile); reduce-overhead captures the "
                    "step with CUDA graphs on a GPU")
+
+
+def _add_imagenet_options(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers (imagenet recipe)")
+                   help="DataLoader workers decoding images (default min(8, CPUs))")
     p.add_argument("--scale", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="imagenet recipe: shorter side drawn from [MIN, MAX] (paper: 256 480)")
     p.add_argument("--crop", type=int, default=None,
@@ -89,13 +109,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "and for the per-pixel mean (paper: 256)")
     p.add_argument("--lighting", type=float, default=None,
                    help="imagenet recipe: PCA lighting noise std (paper/AlexNet: 0.1; 0 off)")
-    p.add_argument("--eval-batch-size", type=int, default=None,
-                   help="images per evaluation batch (default 1000 CIFAR, 100 ImageNet)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
-                   help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-import torch
-
 from reslab.data.augment import Preprocess, per_channel_mean_std, per_pixel_mean, random_crop_flip
 from reslab.data.cifar import (
     CIFAR_ARCHIVES,
@@ -46,18 +44,19 @@ __all__ = [
 NAMED_DATA_SETS = ("cifar10", "cifar100", "synthetic")
 
 
-def _load_path(path: Path, skip_corrupt: bool, progress: bool) -> ImageData:
+def _load_path(path: Path, skip_corrupt: bool, progress: bool, test_only: bool) -> ImageData:
     """Detect what a PATH holds from its content and load it."""
     if path.is_dir():
         names = [p.name for p in path.iterdir()]
         if cifar_kind_of_names(names) is not None:
-            return read_cifar_folder(path)
+            return read_cifar_folder(path, test_only)
         for info in CIFAR_ARCHIVES.values():
             sub = path / info["folder"]
             if sub.is_dir() and cifar_kind_of_names([p.name for p in sub.iterdir()]):
-                return read_cifar_folder(sub)
+                return read_cifar_folder(sub, test_only)
         if find_folder_root(path) is not None:
-            return load_image_folder(path, skip_corrupt=skip_corrupt, progress=progress)
+            return load_image_folder(path, skip_corrupt=skip_corrupt, progress=progress,
+                                     test_only=test_only)
         raise ReslabError(
             f"{path} is neither a CIFAR folder (data_batch_1..5, test_batch, batches.meta or "
             "train, test, meta) nor an image folder (train/<class>/*, test/<class>/*)"
@@ -66,10 +65,11 @@ def _load_path(path: Path, skip_corrupt: bool, progress: bool) -> ImageData:
         raise ReslabError(f"{path} is not a folder or a .tar/.tar.gz archive; {DATA_HINT}")
     try:
         if tar_looks_like_folder(path):
-            return load_image_folder(path, skip_corrupt=skip_corrupt, progress=progress)
+            return load_image_folder(path, skip_corrupt=skip_corrupt, progress=progress,
+                                     test_only=test_only)
     except tarfile.TarError as e:
         raise ReslabError(f"cannot read {path}: {e}") from None
-    return read_cifar_archive(path)
+    return read_cifar_archive(path, test_only)
 
 
 def load_image_data(
@@ -91,10 +91,14 @@ def load_image_data(
     `skip_corrupt`: skip unreadable images in image folders with a warning.
     `splits=("test",)`: only the test split is wanted (evaluation); `train` is then empty.
     """
+    unknown = set(splits) - {"train", "test"}
+    if unknown or "test" not in splits:
+        raise ReslabError(f"splits must be ('train', 'test') or ('test',), got {splits}")
+    test_only = "train" not in splits
     name = spec.strip()
     key = name.lower()
     if key in ("cifar10", "cifar-10", "cifar100", "cifar-100"):
-        data = load_cifar(key.replace("-", ""), root, download, progress)
+        data = load_cifar(key.replace("-", ""), root, download, progress, test_only)
     elif key == "synthetic" or key.startswith("synthetic:"):
         data = load_synthetic(**parse_synthetic_spec(name))
     else:
@@ -104,7 +108,7 @@ def load_image_data(
                 f"unknown data {spec!r}: not one of {', '.join(NAMED_DATA_SETS)} and no such "
                 f"file or folder; {DATA_HINT}"
             )
-        data = _load_path(path, skip_corrupt, progress)
-    if "train" not in splits:
-        return ImageData(data.name, data.classes, data.train.subset(torch.arange(0)), data.test)
+        data = _load_path(path, skip_corrupt, progress, test_only)
+    if test_only:
+        return data
     return split_validation(data, val_split, seed)

@@ -428,8 +428,10 @@ def _names(d: dict[str, Any], key: str, what: str) -> list[str]:
     return [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
 
 
-def parse_cifar(kind: str, open_member: Callable[[str], BinaryIO], name: str) -> ImageData:
-    """Build ImageData from the official files; `open_member(filename)` opens each one."""
+def parse_cifar(kind: str, open_member: Callable[[str], BinaryIO], name: str,
+                test_only: bool = False) -> ImageData:
+    """Build ImageData from the official files; `open_member(filename)` opens each one.
+    `test_only`: read only the test batch (evaluation; the training split is empty)."""
     fmt = _FORMATS[kind]
 
     def load(fname: str) -> dict[str, Any]:
@@ -437,8 +439,11 @@ def parse_cifar(kind: str, open_member: Callable[[str], BinaryIO], name: str) ->
             return safe_unpickle(f, f"{name}/{fname}")
 
     classes = _names(load(fmt["meta"]), fmt["names"], f"{name}/{fmt['meta']}")
-    parts = [_parse_batch(load(f), fmt["labels"], f"{name}/{f}") for f in fmt["train"]]
-    train = ImageSplit(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    parts = [_parse_batch(load(f), fmt["labels"], f"{name}/{f}")
+             for f in ([] if test_only else fmt["train"])]
+    train = (ImageSplit(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+             if parts else ImageSplit(torch.empty((0, 3, 32, 32), dtype=torch.uint8),
+                                      torch.empty(0, dtype=torch.int64)))
     test = ImageSplit(*_parse_batch(load(fmt["test"]), fmt["labels"], f"{name}/{fmt['test']}"))
     for split, s in (("train", train), ("test", test)):
         if len(s) and (s.labels.min() < 0 or s.labels.max() >= len(classes)):
@@ -455,7 +460,7 @@ def cifar_kind_of_names(names: list[str]) -> str | None:
     return None
 
 
-def read_cifar_folder(folder: str | Path) -> ImageData:
+def read_cifar_folder(folder: str | Path, test_only: bool = False) -> ImageData:
     """Read an official-format folder (`cifar-10-batches-py` or `cifar-100-python`)."""
     folder = Path(folder)
     kind = cifar_kind_of_names([p.name for p in folder.iterdir() if p.is_file()])
@@ -464,7 +469,7 @@ def read_cifar_folder(folder: str | Path) -> ImageData:
             f"{folder} is not a complete CIFAR folder: CIFAR-10 needs data_batch_1..5, "
             "test_batch, batches.meta; CIFAR-100 needs train, test, meta"
         )
-    return parse_cifar(kind, lambda f: open(folder / f, "rb"), str(folder))
+    return parse_cifar(kind, lambda f: open(folder / f, "rb"), str(folder), test_only)
 
 
 def _cifar_members(tf: tarfile.TarFile) -> tuple[str, dict[str, tarfile.TarInfo]] | None:
@@ -480,7 +485,7 @@ def _cifar_members(tf: tarfile.TarFile) -> tuple[str, dict[str, tarfile.TarInfo]
     return None
 
 
-def read_cifar_archive(archive: str | Path) -> ImageData:
+def read_cifar_archive(archive: str | Path, test_only: bool = False) -> ImageData:
     """Read an official-format `.tar.gz` directly, without unpacking it."""
     archive = Path(archive)
     try:
@@ -499,7 +504,7 @@ def read_cifar_archive(archive: str | Path) -> ImageData:
                 assert f is not None
                 return io.BytesIO(f.read())
 
-            return parse_cifar(kind, open_member, str(archive))
+            return parse_cifar(kind, open_member, str(archive), test_only)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise ReslabError(f"cannot read {archive}: {e}; is it a complete .tar.gz?") from None
 
@@ -582,7 +587,8 @@ def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
 
 
 def load_cifar(
-    kind: str, root: str | Path | None = None, download_ok: bool = True, progress: bool = True
+    kind: str, root: str | Path | None = None, download_ok: bool = True, progress: bool = True,
+    test_only: bool = False,
 ) -> ImageData:
     """CIFAR-10/100 from `root` (default `reslab_home()/data`), downloading if allowed.
 
@@ -592,10 +598,10 @@ def load_cifar(
     info = CIFAR_ARCHIVES[kind]
     base = Path(root).expanduser() if root is not None else reslab_home() / "data"
     if base.is_dir() and cifar_kind_of_names([p.name for p in base.iterdir()]) == kind:
-        return read_cifar_folder(base)
+        return read_cifar_folder(base, test_only)
     folder = base / info["folder"]
     if folder.is_dir():
-        return read_cifar_folder(folder)
+        return read_cifar_folder(folder, test_only)
     archive = base / info["filename"]
     where = f"put {info['filename']} or its unpacked {info['folder']}/ folder in {base}" + (
         "" if root is not None else " (or set RESLAB_HOME)"
@@ -617,4 +623,4 @@ def load_cifar(
                 f"{archive} has md5 {got}, expected {info['md5']} (corrupt or incomplete): "
                 "delete it and run again to re-download"
             )
-    return read_cifar_folder(_unpack(archive, kind, base))
+    return read_cifar_folder(_unpack(archive, kind, base), test_only)

@@ -189,7 +189,8 @@ def _cache_path(path: Path) -> Path:
     return reslab_home() / "cache" / f"{_source_key(path)}.pt"
 
 
-def _decode_all(listing: _Listing, source: Path, skip_corrupt: bool, progress: bool) -> dict:
+def _decode_all(listing: _Listing, source: Path, skip_corrupt: bool, progress: bool,
+                test_only: bool = False) -> dict:
     from tqdm.auto import tqdm
 
     by_split = {s: listing.items.get(s) or [] for s in SPLITS}
@@ -203,6 +204,8 @@ def _decode_all(listing: _Listing, source: Path, skip_corrupt: bool, progress: b
     want = ["train", test_name] + (["val"] if test_name == "test" and by_split["val"] else [])
     for split in want[1:]:
         check_same_classes(f"{source}: {split}/", listing.classes[split], "train/", classes)
+    if test_only:  # evaluation: the training images are listed (for the classes), not decoded
+        want = [test_name]
     total = sum(len(by_split[s]) for s in want)
     out: dict = {"format": CACHE_FORMAT, "classes": classes, "skipped": list(listing.skipped),
                  "test_name": test_name}
@@ -259,6 +262,9 @@ def _decode_all(listing: _Listing, source: Path, skip_corrupt: bool, progress: b
                 )
             out[f"{split}_images"] = images[:n].clone() if n < len(items) else images
             out[f"{split}_labels"] = labels[:n].clone()
+    if test_only:
+        out["train_images"] = torch.empty((0, *shape), dtype=torch.uint8)
+        out["train_labels"] = torch.empty(0, dtype=torch.int64)
     return out
 
 
@@ -285,7 +291,8 @@ def _folder_name(path: Path) -> str:
 
 
 def load_image_folder(
-    path: str | Path, *, skip_corrupt: bool = False, progress: bool = True, cache: bool = True
+    path: str | Path, *, skip_corrupt: bool = False, progress: bool = True, cache: bool = True,
+    test_only: bool = False,
 ) -> ImageData:
     """Load an image folder (directory or tar of one), decoding once and caching.
 
@@ -294,7 +301,8 @@ def load_image_folder(
     split must have the same class folders, each with images. Unreadable images (and
     entries named like images that are not regular files: FIFOs, broken links) raise
     ReslabError naming the file, or with `skip_corrupt` are skipped with a warning; a
-    class left without images is an error either way.
+    class left without images is an error either way. `test_only`: decode only the test
+    split (evaluation; the training split comes back empty) unless a cache holds both.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -328,9 +336,9 @@ def load_image_folder(
                 listing = _dir_listing(root, skip_corrupt)
             else:
                 listing = _tar_listing(path, skip_corrupt)
-            d = _decode_all(listing, path, skip_corrupt, progress)
+            d = _decode_all(listing, path, skip_corrupt, progress, test_only)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
             raise ReslabError(f"cannot read {path}: {e}") from None
-        if cache_file is not None:
+        if cache_file is not None and not test_only:
             atomic_torch_save(cache_file, d)
     return _to_image_data(d, _folder_name(path))
