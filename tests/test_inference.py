@@ -12,9 +12,7 @@ from torchvision.io import write_png
 from reslab.cli import main
 from reslab.data import load_image_data
 from reslab.engine import make_engine
-from reslab.errors import ReslabError
 from reslab.inference import cifar_scores, errors_of, load_model
-from reslab.train.checkpoint import Checkpoint
 from tiny_imagenet import SMALL, make_tiny_imagenet
 
 SYNTH = "synthetic:256:128"
@@ -82,37 +80,6 @@ def test_eval_reads_only_the_test_split(two_nets, tmp_path, capsys):
     assert main(["train", "--model", "resnet8", "--data", str(tmp_path / "f"), "--out",
                  str(tmp_path / "t"), "--iterations", "1", "--no-progress"]) == 2
     assert "broken.png" in capsys.readouterr().err
-
-
-def test_eval_refuses_images_of_another_size(two_nets, capsys):
-    small = "synthetic:n_train=64,n_test=32,size=16"
-    assert main(["eval", "--weights", str(two_nets[0]), "--data", small, "--device",
-                 "cpu"]) == 2
-    assert "trained on 32x32 images; these are 16x16" in capsys.readouterr().err
-
-
-def test_eval_warns_when_class_names_differ(two_nets, tmp_path, capsys):
-    ckpt = Checkpoint.load(two_nets[0])
-    ckpt.classes = [f"other{i}" for i in range(10)]
-    ckpt.save(tmp_path / "renamed.pt")
-    assert main(["eval", "--weights", str(tmp_path / "renamed.pt"), "--data", SYNTH,
-                 "--device", "cpu"]) == 0
-    assert "class names" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("field, value, message", [
-    ("preprocess", None, "'preprocess'"), ("classes", None, "'classes'"),
-    ("classes", ["a", "b"], "classifier has 10 outputs"),
-])
-def test_incomplete_checkpoints_are_one_clear_error(two_nets, tmp_path, field, value, message):
-    d = Checkpoint.load(two_nets[0]).to_dict()
-    if value is None:
-        del d[field]
-    else:
-        d[field] = value
-    torch.save(d, tmp_path / "bad.pt")
-    with pytest.raises(ReslabError, match=message):
-        load_model(tmp_path / "bad.pt")
 
 
 def test_imagenet_checkpoint_evaluates_without_recipe(tmp_path, capsys):
