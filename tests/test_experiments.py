@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -204,3 +205,30 @@ def test_responses_cli(shared, capsys, tmp_path):
     assert result["model"] == "resnet8" and len(result["layers"]) == 7
     assert all(layer["std"] > 0 for layer in result["layers"])
     assert png.read_bytes().startswith(PNG)
+
+
+def test_jobs_run_in_parallel_and_finished_runs_are_skipped(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "f1"
+    assert reproduce("figure1", "--out", str(out), "--jobs", "2") == 0
+    runs = {p.name: json.loads((p / "run.json").read_text()) for p in (out / "runs").iterdir()}
+    assert set(runs) == {"plain20", "plain56"}
+    assert all(r["status"] == "finished" for r in runs.values())
+    threads = max(1, (os.cpu_count() or 1) // 2)  # the cores divided between the 2 jobs
+    assert all(r["machine"]["torch_threads"] == threads for r in runs.values())
+    capsys.readouterr()
+    no_training(monkeypatch)  # a rerun trains nothing, in this process or in workers
+    monkeypatch.setattr("reslab.experiments.sweep._train_in_parallel",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    assert reproduce("figure1", "--out", str(out), "--jobs", "2") == 0
+    assert capsys.readouterr().err.count("finished earlier") == 2
+
+
+def test_a_failed_job_is_reported_and_the_others_finish(tmp_path, capsys):
+    out = tmp_path / "t6"
+    (out / "runs" / "resnet14").mkdir(parents=True)
+    (out / "runs" / "resnet14" / "last.pt").write_bytes(b"")  # resuming it fails
+    assert reproduce("table6", "--out", str(out), "--jobs", "2",
+                     "--models", "resnet8,resnet14") == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 runs failed" in err and "resnet14" in err
+    assert json.loads((out / "runs" / "resnet8" / "run.json").read_text())["status"] == "finished"
