@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
                              "imagenet" if resolve(args.model).family == "imagenet" else "cifar")
     if recipe == "imagenet":  # reads ROOT/val only
         split = ImageFolderDataset(os.path.join(args.data, "val"))
+        if members and set(members[0].classes) < set(split.classes):
+            split.restrict(members[0].classes)  # trained with --classes K
         classes, labels, where = split.classes, torch.tensor(split.targets), f"{args.data}/val"
         train_images = None
     else:  # reads the test split only, unless foreign weights need the training mean

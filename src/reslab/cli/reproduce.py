@@ -1,5 +1,5 @@
-"""`reslab reproduce`: the paper's CIFAR-10 experiments (Figures 1, 6, 7, Table 6, and the
-shortcut options), one command each."""
+"""`reslab reproduce`: the paper's experiments, one command each: CIFAR-10 (Figures 1, 6, 7,
+Table 6, the shortcut options) and ImageNet (Tables 2-5, Figure 4)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,33 @@ import argparse
 import sys
 
 from reslab.errors import ReslabError
-from reslab.experiments import EXPERIMENTS, Settings, describe, reproduce
+from reslab.experiments import (
+    EXPERIMENTS,
+    IMAGENET_EXPERIMENTS,
+    Settings,
+    describe,
+    reproduce,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     experiments = "\n".join(f"  {name:10s} {describe(name)}" for name in EXPERIMENTS)
     p = sub.add_parser(
         "reproduce",
-        help="reproduce a CIFAR-10 figure or table of the paper",
+        help="reproduce a figure or table of the paper (CIFAR-10 or ImageNet)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Reproduce one of the paper's CIFAR-10 experiments: train every net it "
-        "needs with the paper's recipe (Sec. 4.2) on one data load, then write results.json,"
-        " the figures and report.md (measured numbers beside the paper's) into --out.\n\n"
+        description="Reproduce one of the paper's experiments: train every net it needs "
+        "with the paper's recipe (CIFAR: Sec. 4.2 on one data load; ImageNet: Sec. 3.4 on "
+        "an image folder ROOT/train, ROOT/val), then write results.json, the figures and "
+        "report.md (measured numbers beside the paper's) into --out.\n\n"
         "Experiments:\n" + experiments + "\n\n"
         "Runs live in OUT/runs/<label>; re-running the same command reuses finished runs "
-        "and resumes an unfinished one, so Ctrl-C is safe. figure7 reuses the runs of a "
-        "figure6/figure1 command in the same --out. --budget 0.1 trains every net for 6400 "
-        "iterations (milestones scaled).",
+        "and resumes an unfinished one, so Ctrl-C is safe; a folder holding a run made "
+        "with other settings is refused. figure7 reuses the runs of figure6/figure1, "
+        "figure4 those of table2, table4/table5 those of table3, in the same --out. "
+        "--budget 0.1 trains every CIFAR net for 6400 iterations (milestones scaled), every "
+        "ImageNet net for 60000. Under torchrun each run uses all the processes (DDP) and "
+        "rank 0 writes the report (docs/distributed.md).",
     )
     p.add_argument("experiment", choices=EXPERIMENTS, metavar="EXPERIMENT",
                    help=f"one of {', '.join(EXPERIMENTS)}")
@@ -37,12 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="as for `reslab train` (auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--batch-size", type=int, default=128, help="mini-batch (paper: 128)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global mini-batch (default: the paper's, 128 CIFAR, 256 ImageNet)")
     p.add_argument("--eval-points", type=int, default=40,
                    help="evaluations per run, the points of the curves (default 40)")
     p.add_argument("--models", default=None,
                    help="figure6/table6/figure7: comma-separated nets instead of the paper's "
-                   "set, e.g. plain20,plain56,resnet20,resnet56")
+                   "set, e.g. plain20,plain56,resnet20,resnet56; ImageNet experiments: only "
+                   "these of the table's runs (labels such as resnet34-B, or net names)")
     p.add_argument("--with-1202", action="store_true",
                    help="figure6/table6: add ResNet-1202 (19.4M parameters; slow)")
     p.add_argument("--with-plain110", action="store_true", help="figure6: add plain-110")
@@ -51,6 +63,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train N runs at once in worker processes, spread over the visible "
                    "GPUs (several small CIFAR runs share one GPU well) or over the CPU cores "
                    "(threads divided); finished runs are still skipped (default 1)")
+    g = p.add_argument_group("ImageNet experiments (table2, figure4, table3, table4, table5)")
+    g.add_argument("--classes", type=int, default=None, metavar="K",
+                   help="train and test on the first K classes (ImageNet-100 style); the "
+                   "report then says its numbers are not comparable with the paper's")
+    g.add_argument("--images-per-class", type=int, default=None, metavar="N",
+                   help="at most N training images per class")
+    g.add_argument("--scale", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="shorter side drawn from [MIN, MAX] (paper: 256 480)")
+    g.add_argument("--crop", type=int, default=None, help="crop size (paper: 224)")
+    g.add_argument("--test-resize", type=int, default=None,
+                   help="shorter side before the test crops (paper: 256)")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
     p.set_defaults(func=run)
@@ -66,14 +90,25 @@ def run(args: argparse.Namespace) -> int:
             raise ReslabError(f"--models does not apply to {args.experiment}")
     if args.seeds != 1 and args.experiment != "table6":
         raise ReslabError("--seeds applies to table6 only")
+    imagenet_flags = {"--classes": args.classes, "--images-per-class": args.images_per_class,
+                      "--scale": args.scale, "--crop": args.crop,
+                      "--test-resize": args.test_resize, "--workers": args.workers}
+    given = [k for k, v in imagenet_flags.items() if v is not None]
+    if given and args.experiment not in IMAGENET_EXPERIMENTS:
+        raise ReslabError(f"{', '.join(given)} apply to the ImageNet experiments "
+                          f"({', '.join(IMAGENET_EXPERIMENTS)})")
     s = Settings(data=args.data, out=args.out, budget=args.budget, seeds=args.seeds,
                  device=args.device, batch_size=args.batch_size, eval_points=args.eval_points,
                  models=models, with_1202=args.with_1202, with_plain110=args.with_plain110,
                  depth=args.depth, data_root=args.data_root, progress=args.progress,
-                 precision=args.precision, jobs=args.jobs)
+                 precision=args.precision, jobs=args.jobs, classes=args.classes,
+                 images_per_class=args.images_per_class,
+                 scale=tuple(args.scale) if args.scale else None, crop=args.crop,
+                 test_resize=args.test_resize, workers=args.workers)
     outcome = reproduce(args.experiment, s)
     if outcome.status != "finished":
         print(f"reslab reproduce: {outcome.message}", file=sys.stderr)
         return 130
-    print(f"done: report in {outcome.report}")
+    if outcome.report is not None:  # under torchrun, rank 0 reports
+        print(f"done: report in {outcome.report}")
     return 0

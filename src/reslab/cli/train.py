@@ -109,6 +109,11 @@ def _add_imagenet_options(p: argparse._ArgumentGroup) -> None:
                    "and for the per-pixel mean (paper: 256)")
     p.add_argument("--lighting", type=float, default=None,
                    help="imagenet recipe: PCA lighting noise std (paper/AlexNet: 0.1; 0 off)")
+    p.add_argument("--classes", type=int, default=None, metavar="K",
+                   help="imagenet recipe: train and validate on the first K classes "
+                   "(sorted names; ImageNet-100 style)")
+    p.add_argument("--images-per-class", type=int, default=None, metavar="N",
+                   help="imagenet recipe: at most N training images per class")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

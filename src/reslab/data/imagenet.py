@@ -321,6 +321,32 @@ class ImageFolderDataset(Dataset):
         self.loader = decode_image_file
         self.skip_corrupt = skip_corrupt
 
+    def restrict(self, classes: int | Sequence[str] | None = None,
+                 per_class: int | None = None) -> ImageFolderDataset:
+        """Keep only some classes (the first `classes` of the sorted names, ImageNet-100
+        style, or these names) and the first `per_class` images of each (sorted paths);
+        labels are renumbered 0..K-1. In place; returns self."""
+        if classes is not None:
+            keep = list(self.classes[:classes]) if isinstance(classes, int) else list(classes)
+            missing = sorted(set(keep) - set(self.classes))
+            if missing or not keep:
+                raise ReslabError(f"{self.root} has no class folder {', '.join(missing[:3]) or '?'}"
+                                  f" (it has {len(self.classes)} classes)")
+            index = {c: i for i, c in enumerate(keep)}
+            old = self.classes
+            self.samples = [(p, index[old[t]]) for p, t in self.samples if old[t] in index]
+            self.classes, self.class_to_idx = keep, index
+        if per_class is not None:
+            seen: dict[int, int] = {}
+            kept = []
+            for path, t in sorted(self.samples):
+                if seen.get(t, 0) < per_class:
+                    seen[t] = seen.get(t, 0) + 1
+                    kept.append((path, t))
+            self.samples = sorted(kept, key=lambda s: (s[1], s[0]))
+        self.targets = [t for _, t in self.samples]
+        return self
+
     @staticmethod
     def _train_beside(root: str) -> tuple[list[str] | None, str]:
         """The class folders of `train/` beside a `val/` or `test/` split, if any."""

@@ -1,8 +1,10 @@
-"""The paper's CIFAR-10 experiments, one command each (`reslab reproduce`).
+"""The paper's experiments, one command each (`reslab reproduce`): CIFAR-10 (Figures 1,
+6, 7, Table 6, the shortcut options) and ImageNet (Tables 2-5, Figure 4).
 
 An experiment is a module with `DESCRIPTION`, `plan(settings) -> [RunSpec]` (the training
-runs) and `report(settings, outcomes, data) -> Report` (figures, tables, findings);
-`reproduce` loads the data once, runs the sweep (skipping finished runs, resuming
+runs), `report(settings, outcomes, data) -> Report` (figures, tables, findings) and, for
+ImageNet, `RECIPE = "imagenet"`. `reproduce` loads a CIFAR data set once (an ImageNet
+folder is streamed by each run), runs the sweep (skipping finished runs, resuming
 unfinished ones) and writes results.json and report.md into the output folder.
 """
 
@@ -15,14 +17,17 @@ from pathlib import Path
 
 from reslab.data import load_image_data
 from reslab.errors import ReslabError
+from reslab.experiments.imagenet import folder_info
 from reslab.experiments.report import write_outputs
-from reslab.experiments.sweep import Settings, SweepInterrupted, run_sweep
+from reslab.experiments.sweep import Settings, SweepInterrupted, is_main_process, run_sweep
 from reslab.models.registry import resolve
 
 #: experiment name -> module under reslab.experiments.
-EXPERIMENTS = ("figure1", "figure6", "table6", "figure7", "shortcuts")
+EXPERIMENTS = ("figure1", "figure6", "table6", "figure7", "shortcuts", "table2", "figure4",
+               "table3", "table4", "table5")
+IMAGENET_EXPERIMENTS = ("table2", "figure4", "table3", "table4", "table5")
 
-__all__ = ["EXPERIMENTS", "Outcome", "Settings", "describe", "reproduce"]
+__all__ = ["EXPERIMENTS", "IMAGENET_EXPERIMENTS", "Outcome", "Settings", "describe", "reproduce"]
 
 
 @dataclass
@@ -47,19 +52,27 @@ def describe(name: str) -> str:
 def reproduce(name: str, s: Settings) -> Outcome:
     """Run experiment `name` with settings `s` and write its outputs into `s.out`."""
     module = _module(name)
+    s.recipe = getattr(module, "RECIPE", "cifar")
     s.validate()
-    for m in s.models or []:
+    for m in s.models or [] if s.recipe == "cifar" else []:
         if resolve(m).family != "cifar":
-            raise ReslabError(f"--models: {m} is an ImageNet net; the experiments use CIFAR "
-                              "nets (resnetN / plainN with N = 6n+2)")
+            raise ReslabError(f"--models: {m} is an ImageNet net; the CIFAR experiments use "
+                              "CIFAR nets (resnetN / plainN with N = 6n+2)")
     started = time.time()
     runs = module.plan(s)
-    data = load_image_data(s.data, root=s.data_root, progress=s.progress)
+    if not runs:
+        raise ReslabError(f"--models {','.join(s.models or [])} names none of {name}'s runs")
+    if s.recipe == "imagenet":
+        data = folder_info(s)
+    else:
+        data = load_image_data(s.data, root=s.data_root, progress=s.progress)
     try:
-        outcomes = run_sweep(runs, data, jobs=s.jobs)
+        outcomes = run_sweep(runs, None if s.recipe == "imagenet" else data, jobs=s.jobs)
     except SweepInterrupted as e:
         return Outcome("interrupted", None, f"{e}; its checkpoint is saved. Re-run the same "
                        "command to continue (finished runs are reused).")
+    if not is_main_process():  # under torchrun, rank 0 evaluates and reports
+        return Outcome("finished", None)
     report = module.report(s, outcomes, data)
     path = write_outputs(name, s, outcomes, data, report, started)
     return Outcome("finished", path)

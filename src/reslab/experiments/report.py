@@ -97,11 +97,29 @@ def environment(outcomes: Sequence[RunOutcome]) -> dict:
     return {"machine": {}, "versions": {"torch": torch.__version__}, "device": "unknown"}
 
 
+@dataclass
+class DataInfo:
+    """What the report says of the data: a loaded CIFAR set's or an image folder's counts."""
+
+    name: str
+    classes: list[str]
+    train: int
+    test: int
+
+    @classmethod
+    def of(cls, data) -> DataInfo:
+        """From an `ImageData` (CIFAR recipe) or a `DataInfo` already."""
+        if isinstance(data, DataInfo):
+            return data
+        return cls(data.name, list(data.classes), len(data.train), len(data.test))
+
+
 def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], data,
                   report: Report, started: float) -> Path:
     """Write DIR/results.json and DIR/report.md; returns the report's path."""
     wall = time.time() - started
     env = environment(outcomes)
+    data = DataInfo.of(data)
     runs = []
     for o in outcomes:
         row = run_summary(o, len(data.classes))
@@ -110,9 +128,10 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
     train_wall = sum(r["wall_seconds"] or 0 for r in runs)
     results = {
         "experiment": experiment, "budget": s.budget, "iterations": s.iterations,
-        "seeds": s.seeds, "batch_size": s.batch_size,
-        "data": {"spec": s.data, "name": data.name, "train": len(data.train),
-                 "test": len(data.test), "classes": len(data.classes)},
+        "seeds": s.seeds, "batch_size": s.batch, "recipe": s.recipe,
+        "data": {"spec": s.data, "name": data.name, "train": data.train,
+                 "test": data.test, "classes": len(data.classes),
+                 "classes_limit": s.classes, "images_per_class": s.images_per_class},
         "machine": env["machine"], "versions": env["versions"],
         "wall_seconds": wall, "train_wall_seconds": train_wall, "errors_in": "percent",
         "runs": runs, **report.results,
@@ -125,11 +144,9 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
         "Reproduction of He et al. 2015, *Deep Residual Learning for Image Recognition*, "
         "with `reslab reproduce`.", "",
         "## Setup", "",
-        f"- data: `{s.data}` ({data.name}: {len(data.train)} training, {len(data.test)} "
+        f"- data: `{s.data}` ({data.name}: {data.train} training, {data.test} "
         f"test images, {len(data.classes)} classes)",
-        f"- budget: {s.budget:g} x the paper's 64k iterations = {s.iterations} iterations "
-        f"per run, batch {s.batch_size}; learning-rate milestones scaled in proportion "
-        f"(paper: 64000 iterations, batch 128)",
+        _budget_line(s),
         f"- seeds: {s.seeds}",
         f"- precision: {', '.join(sorted({o.info.get('precision', '?') for o in outcomes}))}"
         " (autocast dtype of training)",
@@ -149,6 +166,13 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
         lines += ["", f"The runs are {s.budget:g} of the paper's length, so absolute errors "
                   "are not comparable with the paper's; the comparisons above are between "
                   "nets trained the same way."]
+    if s.classes or s.images_per_class:
+        lines += ["", "**Not comparable with the paper's numbers:** trained on "
+                  + (f"the first {s.classes} classes" if s.classes else "all classes")
+                  + (f", at most {s.images_per_class} images per class"
+                     if s.images_per_class else "")
+                  + " (the paper: all 1000 classes, 1.28M images); the table shows that the "
+                  "pipeline runs and how the nets compare with each other at this size."]
     lines += ["", "Files: `results.json` (all numbers), `runs/<label>/` (run.json, "
               "metrics.jsonl, curves.png, last.pt, best.pt, TensorBoard events).", ""]
     others = sorted(p.name for p in s.out.glob("report-*.md")
@@ -163,6 +187,16 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
     path = s.out / "report.md"
     atomic_write_text(path, text)
     return path
+
+
+def _budget_line(s: Settings) -> str:
+    if s.recipe == "imagenet":
+        return (f"- budget: {s.budget:g} x the paper's 60e4 iterations = {s.iterations} "
+                f"iterations per run, batch {s.batch}; lr divided by 10 when the validation "
+                "error plateaus (Sec. 3.4; paper: up to 60e4 iterations, batch 256)")
+    return (f"- budget: {s.budget:g} x the paper's 64k iterations = {s.iterations} iterations "
+            f"per run, batch {s.batch}; learning-rate milestones scaled in proportion "
+            "(paper: 64000 iterations, batch 128)")
 
 
 def depth_of(o: RunOutcome) -> int:

@@ -19,7 +19,7 @@ import torch
 from reslab.engine import pick_device, precision_name
 from reslab.errors import ReslabError
 from reslab.train import trainer
-from reslab.train.recipes import TrainConfig
+from reslab.train.recipes import CIFAR_RECIPE, IMAGENET_RECIPE, TrainConfig
 from reslab.train.runlog import read_metrics
 from reslab.train.schedule import PAPER_ITERATIONS
 
@@ -34,10 +34,10 @@ class Settings:
 
     data: str
     out: Path
-    budget: float = 1.0  # fraction of the paper's 64k iterations
+    budget: float = 1.0  # fraction of the paper's schedule (64k CIFAR, 60e4 ImageNet iterations)
     seeds: int = 1
     device: str = "auto"
-    batch_size: int = 128
+    batch_size: int | None = None  # None: the recipe's (128 CIFAR, 256 ImageNet)
     eval_points: int = 40
     models: list[str] | None = None  # restricts figure6 / table6 / figure7
     with_1202: bool = False
@@ -47,20 +47,37 @@ class Settings:
     progress: bool = True
     precision: str = "auto"  # auto, fp32 or bf16 (TrainConfig.precision)
     jobs: int = 1  # runs trained at once (processes), spread over GPUs or CPU threads
+    recipe: str = "cifar"  # set by `reproduce` from the experiment
+    # ImageNet experiments (None: the recipe's values)
+    classes: int | None = None  # the first K classes (ImageNet-100 style)
+    images_per_class: int | None = None
+    scale: tuple[int, int] | None = None
+    crop: int | None = None
+    test_resize: int | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
 
     @property
     def iterations(self) -> int:
-        return max(1, round(PAPER_ITERATIONS * self.budget))
+        """The paper's schedule scaled by the budget: 64k iterations (CIFAR, Sec. 4.2) or
+        60e4 (ImageNet, Sec. 3.4)."""
+        full = IMAGENET_RECIPE["iterations"] if self.recipe == "imagenet" else PAPER_ITERATIONS
+        return max(1, round(full * self.budget))
+
+    @property
+    def batch(self) -> int:
+        recipe = IMAGENET_RECIPE if self.recipe == "imagenet" else CIFAR_RECIPE
+        return self.batch_size or recipe["batch_size"]
 
     def validate(self) -> None:
         checks = [
             (self.budget > 0, f"--budget must be > 0, got {self.budget}"),
             (self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
             (self.eval_points >= 1, f"--eval-points must be >= 1, got {self.eval_points}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.batch_size is None or self.batch_size >= 1,
+             f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.jobs >= 1, f"--jobs must be >= 1, got {self.jobs}"),
         ]
         for ok, msg in checks:
@@ -99,14 +116,19 @@ class SweepInterrupted(Exception):
 
 def make_config(s: Settings, label: str, model: str, seed: int = 0,
                 shortcut: str | None = None) -> RunSpec:
-    """The paper's CIFAR recipe scaled to `s.budget`, writing into DIR/runs/LABEL."""
+    """The paper's recipe of the experiment (`s.recipe`) scaled to `s.budget`, writing into
+    DIR/runs/LABEL."""
     iterations = s.iterations
-    cfg = TrainConfig.cifar(
-        model=model, shortcut=shortcut, data=s.data, data_root=s.data_root,
-        out=str(s.out / "runs" / label), iterations=iterations, batch_size=s.batch_size,
-        seed=seed, device=s.device, eval_every=max(1, iterations // s.eval_points),
-        progress=s.progress, precision=s.precision,
-    )
+    common = dict(model=model, shortcut=shortcut, data=s.data, out=str(s.out / "runs" / label),
+                  iterations=iterations, batch_size=s.batch, seed=seed, device=s.device,
+                  eval_every=max(1, iterations // s.eval_points), progress=s.progress,
+                  precision=s.precision)
+    if s.recipe == "imagenet":  # Sec. 3.4, at the sizes and subset asked for
+        cfg = TrainConfig.imagenet(scale=s.scale, crop=s.crop, test_resize=s.test_resize,
+                                   workers=s.workers, classes=s.classes,
+                                   images_per_class=s.images_per_class, **common)
+    else:
+        cfg = TrainConfig.cifar(data_root=s.data_root, **common)
     return RunSpec(label, cfg)
 
 
@@ -143,6 +165,11 @@ def is_finished(info: dict | None, cfg: TrainConfig) -> bool:
             and info.get("finished_iteration") == cfg.iterations)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a process started without torchrun."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_sweep(runs: list[RunSpec], data, log: Callable[[str], None] | None = None,
               jobs: int = 1) -> list[RunOutcome]:
     """Train every run through `reslab.train.trainer.train`: in this process with the
@@ -151,7 +178,11 @@ def run_sweep(runs: list[RunSpec], data, log: Callable[[str], None] | None = Non
     config is skipped; an unfinished one resumes from its last.pt. Raises SweepInterrupted
     when a run was stopped (Ctrl-C), ReslabError when a folder holds a run with other
     settings or when runs failed (the others still ran; rerunning retries only those)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ReslabError("--jobs runs several single-process runs; under torchrun each run "
+                          "already uses every process: drop --jobs")
+    main = is_main_process()
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True) if main else None)
     for spec in runs:  # check every folder before spending time on any run
         info = _read_run_json(Path(spec.cfg.out))
         if info is not None:

@@ -161,10 +161,11 @@ class FolderSource:
         # skip_corrupt for training only: every validation image must count once
         train = ImageFolderDataset(os.path.join(root, "train"),
                                    **_folder_options(cfg.skip_corrupt))
+        train.restrict(cfg.classes, cfg.images_per_class)  # --classes, --images-per-class
         val = ImageFolderDataset(
             os.path.join(root, "val"),
             transform=imagenet_eval_transform(resize=cfg.test_resize, crop=cfg.crop,
-                                              to_float=False))
+                                              to_float=False)).restrict(cfg.classes)
         if list(val.classes) != list(train.classes):
             raise ReslabError(f"{root}/val and {root}/train have different class folders "
                               f"({len(val.classes)} and {len(train.classes)}); give them the "

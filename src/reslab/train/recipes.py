@@ -46,7 +46,8 @@ IMAGENET_RECIPE: dict[str, Any] = {
 }
 
 _RECIPE_DEFAULTS = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE}
-_IMAGENET_ONLY = ("scale", "crop", "test_resize", "lighting", "workers")
+_IMAGENET_ONLY = ("scale", "crop", "test_resize", "lighting", "workers", "classes",
+                  "images_per_class")
 
 #: Fields that may change when a run is resumed: they do not change what it computes
 #: per iteration (the length, evaluation cadence and the engine).
@@ -91,6 +92,8 @@ class TrainConfig:
     test_resize: int | None = None  # imagenet: shorter side before the centre crop
     lighting: float | None = None  # imagenet: PCA lighting noise std (AlexNet's 0.1)
     workers: int | None = None  # imagenet: DataLoader decoding workers
+    classes: int | None = None  # imagenet: train on the first K classes (ImageNet-100 style)
+    images_per_class: int | None = None  # imagenet: at most N training images per class
     # evaluation and outputs
     eval_every: int | None = None  # None: about 20 evaluations per run, at most every 1000
     eval_batch_size: int | None = None
@@ -242,6 +245,9 @@ class TrainConfig:
                  f"--crop {self.crop} must be <= --test-resize {self.test_resize}"),
                 (self.lighting >= 0, "--lighting must be >= 0"),
                 (self.workers >= 0, "--workers must be >= 0"),
+                (self.classes is None or self.classes >= 1, "--classes must be >= 1"),
+                (self.images_per_class is None or self.images_per_class >= 1,
+                 "--images-per-class must be >= 1"),
             ]
         for ok, msg in checks:
             if not ok:
