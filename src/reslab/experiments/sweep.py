@@ -194,17 +194,20 @@ def run_sweep(runs: list[RunSpec], data, log: Callable[[str], None] | None = Non
             log(f"[run {i}/{len(runs)}] {spec.label}: finished earlier, reusing {out}")
             continue
         cfg = dataclasses.replace(spec.cfg, resume=(out / "last.pt").exists())
-        log(f"[run {i}/{len(runs)}] {spec.label} ({cfg.model}, {cfg.iterations} iterations, "
-            f"seed {cfg.seed})" + (" resuming" if cfg.resume else "") + " ...")
-        todo.append(RunSpec(spec.label, cfg))
+        todo.append((f"[run {i}/{len(runs)}] {spec.label} ({cfg.model}, {cfg.iterations} "
+                     f"iterations, seed {cfg.seed})" + (" resuming" if cfg.resume else ""),
+                     RunSpec(spec.label, cfg)))
     if jobs > 1 and len(todo) > 1:
-        _train_in_parallel(todo, jobs, log)
+        for head, _ in todo:
+            log(f"{head}: queued")
+        _train_in_parallel([spec for _, spec in todo], jobs, log)
     else:
-        for spec in todo:
+        for head, spec in todo:
+            log(f"{head} ...")
             result = trainer.train(spec.cfg, data=data)
             if result.status != "finished":
                 raise SweepInterrupted(spec.label, result.iteration, result.iterations)
-    trained = {spec.label for spec in todo}
+    trained = {spec.label for _, spec in todo}
     outcomes = []
     for spec in runs:
         out = Path(spec.cfg.out)
