@@ -68,12 +68,17 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_info()["native_bf16"])
 
 
+#: What `--precision auto` picks on a CPU with native bf16 (AVX-512 BF16 or AMX), chosen
+#: from the precision study (`reslab reproduce precision`, docs/results.md). CPUs without
+#: native bf16 (AVX2 only) always get fp32: there bf16 is emulated and slower than fp32.
+CPU_NATIVE_BF16_AUTO = False
+
+
 def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32.
 
-    auto: bf16 on CUDA GPUs that support it; fp32 elsewhere. On a CPU with native bf16,
-    `--precision bf16` trains about 1.5x faster (benchmarks/train_throughput.py); whether it
-    trains as well is the precision study's question (docs/results.md).
+    auto: bf16 on CUDA GPUs that support it; on a CPU, bf16 only where it is native and
+    `CPU_NATIVE_BF16_AUTO` says the study found it faithful; fp32 elsewhere.
     """
     if precision not in PRECISIONS:
         raise ReslabError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
@@ -84,7 +89,23 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
+    if device.type == "cpu" and CPU_NATIVE_BF16_AUTO and cpu_has_native_bf16():
+        return torch.bfloat16
     return None
+
+
+def precision_reason(precision: str, device: torch.device) -> str:
+    """Why `precision` resolved as it did on `device` (recorded in run.json)."""
+    name = precision_name(precision, device)
+    if precision != "auto":
+        return f"{name}: asked for"
+    if device.type == "cuda":
+        return f"{name}: auto on CUDA (bf16 where the GPU supports it)"
+    if device.type != "cpu":
+        return f"{name}: auto on {device.type}"
+    native = cpu_has_native_bf16()
+    return (f"{name}: auto on a CPU {'with' if native else 'without'} native bf16 "
+            f"({cpu_info()['cpu']}; the precision study, docs/results.md)")
 
 
 def precision_name(precision: str, device: torch.device) -> str:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reslab.data import ImageData, Preprocess
-from reslab.engine import Engine, machine_info, make_engine, versions
+from reslab.engine import Engine, machine_info, make_engine, precision_reason, versions
 from reslab.errors import ReslabError
 from reslab.models.registry import ModelSpec, build, resolve
 from reslab.train.checkpoint import Checkpoint
@@ -319,6 +319,7 @@ def build_run(cfg: TrainConfig, engine: Engine, world: World, folder: RunFolder,
         "config": cfg.to_dict(), "model_spec": spec.to_dict(), "iterations": iterations,
         "milestones": list(schedule.milestones) if cfg.lr_policy == "step" else None,
         "eval_every": eval_every, "warmup": warmup, "precision": engine.precision,
+        "precision_choice": precision_reason(cfg.precision, engine.device),
         "channels_last": engine.channels_last, "world_size": world.size,
         "eval_split": source.eval_name, "data": data_identity(source),
         "versions": versions(), "machine": machine_info(engine.device),
