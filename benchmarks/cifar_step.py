@@ -127,8 +127,11 @@ class Runner:
     """A model, optimizer, batch stream and augmentation generator from `seed`, stepped
     the way `path` says. `run(n)` does n steps and returns the last loss."""
 
-    def __init__(self, path: Path, data: Data, seed: int = 0) -> None:
+    def __init__(self, path: Path, data: Data, seed: int = 0,
+                 snapshot_at: tuple[int, ...] = ()) -> None:
         self.path, self.data = path, data
+        self.snapshot_at = snapshot_at
+        self.snapshots: dict[int, torch.Tensor] = {}  # step -> flat_weights() after it
         torch.manual_seed(seed)
         model = create_model("resnet20", num_classes=data.num_classes)
         if path.bn_fp32:
@@ -217,6 +220,8 @@ class Runner:
                 if self.first_step_s is None:
                     self.first_step_s = time.perf_counter() - t0
                 self.steps += 1
+                if self.steps in self.snapshot_at:
+                    self.snapshots[self.steps] = self.flat_weights()
         return float(loss)
 
     def timed(self, n: int) -> float:

@@ -51,3 +51,9 @@ def test_engine_runs_bf16_autocast_and_channels_last():
     assert out.dtype == torch.bfloat16 and e.precision == "bf16"
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
     assert Engine(CPU)(model, torch.randn(1, 3, 8, 8)).dtype == torch.float32
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        make_engine("cpu", "bf16")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from dataclasses import dataclass
 from functools import cache
 
@@ -149,6 +150,10 @@ def make_engine(device: str = "auto", precision: str = "auto",
     """The engine for the flags: channels_last defaults to on (faster for oneDNN on CPU and
     cuDNN on GPU; MPS keeps NCHW)."""
     dev = pick_device(device)
+    if precision == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(f"--precision bf16 on {cpu_info()['cpu']}, a CPU without native bf16 "
+                      "(no AVX-512 BF16 or AMX): bf16 is emulated there, about 10x slower "
+                      "than fp32 (docs/cpu-profile.md)", stacklevel=2)
     if channels_last is None:
         channels_last = dev.type in ("cuda", "cpu")
     return Engine(dev, pick_precision(precision, dev), channels_last)
