@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=float, default=1.0,
                    help="fraction of the paper's 64k iterations per run (default 1.0)")
     p.add_argument("--seeds", type=int, default=1,
-                   help="table6: runs per net; reports best and mean +- std (default 1)")
+                   help="table6: runs per net; reports best and mean +- std (default 1); "
+                   "precision: runs per net and precision (>= 2; 3+ advised)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="as for `reslab train` (auto: bf16 on CUDA, fp32 on CPU)")
@@ -52,9 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-points", type=int, default=40,
                    help="evaluations per run, the points of the curves (default 40)")
     p.add_argument("--models", default=None,
-                   help="figure6/table6/figure7: comma-separated nets instead of the paper's "
-                   "set, e.g. plain20,plain56,resnet20,resnet56; ImageNet experiments: only "
-                   "these of the table's runs (labels such as resnet34-B, or net names)")
+                   help="figure6/table6/figure7/precision: comma-separated nets instead of the "
+                   "paper's set, e.g. plain20,plain56,resnet20,resnet56; ImageNet "
+                   "experiments: only these of the table's runs (labels such as resnet34-B, "
+                   "or net names)")
     p.add_argument("--with-1202", action="store_true",
                    help="figure6/table6: add ResNet-1202 (19.4M parameters; slow)")
     p.add_argument("--with-plain110", action="store_true", help="figure6: add plain-110")
@@ -88,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
             raise ReslabError("--models needs at least one network name")
         if args.experiment in ("figure1", "shortcuts"):
             raise ReslabError(f"--models does not apply to {args.experiment}")
-    if args.seeds != 1 and args.experiment != "table6":
-        raise ReslabError("--seeds applies to table6 only")
+    if args.seeds != 1 and args.experiment not in ("table6", "precision"):
+        raise ReslabError("--seeds applies to table6 and precision only")
     imagenet_flags = {"--classes": args.classes, "--images-per-class": args.images_per_class,
                       "--scale": args.scale, "--crop": args.crop,
                       "--test-resize": args.test_resize, "--workers": args.workers}

@@ -23,8 +23,8 @@ from reslab.experiments.sweep import Settings, SweepInterrupted, is_main_process
 from reslab.models.registry import resolve
 
 #: experiment name -> module under reslab.experiments.
-EXPERIMENTS = ("figure1", "figure6", "table6", "figure7", "shortcuts", "table2", "figure4",
-               "table3", "table4", "table5")
+EXPERIMENTS = ("figure1", "figure6", "table6", "figure7", "shortcuts", "precision", "table2",
+               "figure4", "table3", "table4", "table5")
 IMAGENET_EXPERIMENTS = ("table2", "figure4", "table3", "table4", "table5")
 
 __all__ = ["EXPERIMENTS", "IMAGENET_EXPERIMENTS", "Outcome", "Settings", "describe", "reproduce"]
