@@ -6,28 +6,33 @@ Trains a CIFAR net with the paper's recipe for the first `--iterations` iteratio
 variant, and prints the training error of each evaluation interval and the final test
 error, side by side:
   fp32          no autocast
-  bf16          bf16 autocast (convolutions and the classifier in bf16)
+  bf16          bf16 autocast as reslab runs it: convolutions and the classifier in bf16,
+                the residual addition in fp32 (`reslab.models.blocks._combine`)
+  bf16+add16    ... with the residual addition rounded to bf16 (reslab before the fix)
   bf16+bn32     ... with every batch-norm layer computed in fp32
-  bf16+add32    ... with the residual addition (and option-A padding) in fp32
   bf16+ends32   ... with the first conv and the classifier in fp32
 Usage: python benchmarks/precision_parts.py [--model resnet56] [--iterations 300]
-       [--variants fp32,bf16,bf16+bn32,bf16+add32] [--data D]
+       [--variants fp32,bf16,bf16+add16,bf16+bn32,bf16+ends32] [--data D]
+       python benchmarks/precision_parts.py --speed --model resnet20   (the cost of each)
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from reslab.data import load_image_data
-from reslab.engine import cpu_info
+from reslab.data import Preprocess, load_image_data, per_pixel_mean, random_crop_flip
+from reslab.engine import Engine, cpu_info
 from reslab.models import blocks
+from reslab.models.registry import resolve
 from reslab.train import trainer
 from reslab.train.recipes import TrainConfig
 
@@ -45,14 +50,16 @@ def fp32_forward(module: nn.Module) -> None:
     module.forward = types.MethodType(forward, module)
 
 
-def fp32_combine(block: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """`blocks._combine` with the addition (and the option-A shortcut) in fp32."""
-    residual = residual.float()
+def low_precision_combine(block: nn.Module, x: torch.Tensor, residual: torch.Tensor
+                          ) -> torch.Tensor:
+    """The residual addition in the autocast dtype (bf16): reslab's block before the fix."""
     if block.downsample is not None:
-        residual = residual + block.downsample(x).float()
+        shortcut = block.downsample(x)
     elif block.shortcut is not None:
-        residual = residual + block.shortcut(x.float())
-    return block.relu(residual)
+        shortcut = block.shortcut(x)
+    else:
+        return block.relu(residual)
+    return block.relu(residual + shortcut.to(residual.dtype))
 
 
 def patched_build(parts: set[str]):
@@ -77,8 +84,8 @@ def run(variant: str, args, data) -> list[dict]:
     parts = set(parts)
     saved = trainer.build, blocks._combine
     trainer.build = patched_build(parts)
-    if "add32" in parts:
-        blocks._combine = fp32_combine
+    if "add16" in parts:
+        blocks._combine = low_precision_combine
     try:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = TrainConfig.cifar(
@@ -94,6 +101,42 @@ def run(variant: str, args, data) -> list[dict]:
         trainer.build, blocks._combine = saved
 
 
+def speed(args, data) -> None:
+    """Images/s of each variant's training step, side by side in interleaved rounds (the
+    cost of keeping a part in fp32), on the first 128-image batches of the data."""
+    torch.manual_seed(args.seed)
+    pre = Preprocess(per_pixel_mean(data.train.images))
+    x = random_crop_flip(pre(data.train.images[:128]), 4).contiguous(
+        memory_format=torch.channels_last)
+    y = data.train.labels[:128]
+    runs = {}
+    for v in args.variants.split(","):
+        precision, *parts = v.split("+")
+        model = patched_build(set(parts))(resolve(args.model, len(data.classes)))
+        model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        engine = Engine(torch.device("cpu"), torch.bfloat16 if precision == "bf16" else None,
+                        channels_last=True)
+        runs[v] = (model, opt, engine, "add16" in set(parts), [])
+    saved = blocks._combine
+    for _ in range(args.rounds + 1):  # the first round warms up
+        for model, opt, engine, add16, times in runs.values():
+            blocks._combine = low_precision_combine if add16 else saved
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                loss = F.cross_entropy(engine(model, x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            times.append(time.perf_counter() - t0)
+    blocks._combine = saved
+    base = None
+    for v, (*_, times) in runs.items():
+        ips = 128 * args.steps / statistics.median(times[1:])
+        base = base or ips
+        print(f"{v:12s} {ips:7.0f} images/s  ({ips / base:.2f}x the first)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet56")
@@ -102,14 +145,20 @@ def main() -> None:
                    help="the run whose start this is (milestones at 1/2 and 3/4 of it)")
     p.add_argument("--points", type=int, default=3, help="evaluations")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", default="fp32,bf16,bf16+bn32,bf16+add32")
+    p.add_argument("--variants", default="fp32,bf16,bf16+add16")
     p.add_argument("--data", default=str(ARCHIVE) if ARCHIVE.is_file() else "synthetic")
+    p.add_argument("--speed", action="store_true",
+                   help="instead: images/s of each variant's step, interleaved rounds")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
     args = p.parse_args()
     info = cpu_info()
     print(f"CPU: {info['cpu']} ({' '.join(info['flags'])}; native bf16 {info['native_bf16']}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, "
           f"{args.iterations} of {args.schedule} iterations, seed {args.seed}", flush=True)
     data = load_image_data(args.data, progress=False)
+    if args.speed:
+        return speed(args, data)
     results = {v: run(v, args, data) for v in args.variants.split(",")}
     its = [r["iteration"] for r in next(iter(results.values()))]
     print("\ntraining error % of each interval (and test error % at the end):")

@@ -152,12 +152,23 @@ def _attach_shortcut(block: nn.Module, shortcut: nn.Module | None) -> None:
 
 
 def _combine(block: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """y = ReLU(F(x) + shortcut(x)) (Eqn. 1), or ReLU(F(x)) for a plain block."""
+    """y = ReLU(F(x) + shortcut(x)) (Eqn. 1), or ReLU(F(x)) for a plain block.
+
+    Under bf16/fp16 autocast the addition is done in fp32, so the residual stream that
+    runs through the whole net stays fp32 (the next convolution casts its input down as
+    usual): with the sum rounded to bf16, ResNet-56 collapsed to chance on CPU while the
+    fp32 run learned (docs/results.md, benchmarks/precision_parts.py). In fp32 it is the
+    plain sum, bit for bit.
+    """
     if block.downsample is not None:
-        residual = residual + block.downsample(x)
+        shortcut = block.downsample(x)
     elif block.shortcut is not None:
-        residual = residual + block.shortcut(x)
-    return block.relu(residual)
+        shortcut = block.shortcut(x)
+    else:
+        return block.relu(residual)
+    if residual.dtype != torch.float32 or shortcut.dtype != torch.float32:
+        return block.relu(residual.float() + shortcut.float())
+    return block.relu(residual + shortcut)
 
 
 def init_he(model: nn.Module) -> None:
