@@ -4,7 +4,8 @@
 #   2. images/s of ResNet-20/56/110 in fp32 and bf16, with and without CUDA-graph capture
 #      (torch.compile mode reduce-overhead), and the projected time of the full 64k schedule;
 #   3. if ResNet-20's projection is under 5 minutes, that full schedule on the CIFAR-10 JPEG
-#      copy, with its final test error beside the conventional loop's projected time.
+#      copy, with its final test error beside the conventional loop's projected time;
+#   4. with the time left, the precision study (fp32 vs bf16, ResNet-20/56, 3 seeds).
 # Everything it prints is also written under $OUT (default ./gpu-check-out).
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine
@@ -51,4 +52,16 @@ FULL=()
 [ -n "$DATA" ] && FULL=(--full-data "$DATA")
 timeout $((470 - ($(date +%s) - started))) python benchmarks/gpu_throughput.py \
     --out "$OUT" --budget-s 150 ${DRY} "${FULL[@]}"
+echo "== 4. the precision study on the GPU, if time is left (issue 10)"
+left=$((470 - ($(date +%s) - started)))
+if [ -n "$DRY" ]; then
+    echo "(dry run: skipped)"
+elif [ -n "$DATA" ] && [ $left -gt 150 ]; then
+    timeout $left python -m reslab reproduce precision --data "$DATA" --out "$OUT/precision" \
+        --models resnet20,resnet56 --seeds 3 --budget 0.015625 --eval-points 8 --jobs 4 \
+        --no-progress 2>&1 | tail -5
+    cp "$OUT/precision/report.md" "$OUT/precision-report.md" 2>/dev/null
+else
+    echo "(skipped: ${left}s left)"
+fi
 echo "== done in $(( $(date +%s) - started )) s; results in $OUT"
