@@ -187,3 +187,22 @@ def test_stride_placement() -> None:
         assert getattr(tv, stage)[0].conv1.stride == (1, 1)
         assert getattr(tv, stage)[0].conv2.stride == (2, 2)
     assert count_parameters(paper) == count_parameters(tv)
+
+
+def test_residual_addition_stays_fp32_under_bf16_autocast():
+    """The precision study's fix: under bf16 autocast F(x) + shortcut(x) is summed in fp32
+    (the residual stream stays fp32); plain blocks and fp32 runs are unchanged."""
+    torch.manual_seed(0)
+    block = reslab.create_model("resnet8").layer2[0].eval()  # option A, stride 2, 16 -> 32
+    x = torch.randn(2, 16, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+        residual = block.residual(x)
+    assert y.dtype == torch.float32 and residual.dtype == torch.bfloat16
+    expect = torch.relu(residual.float() + block.shortcut(x).float())
+    assert torch.equal(y, expect)
+    y32 = block(x)  # fp32: the plain sum, bit for bit
+    assert torch.equal(y32, torch.relu(block.residual(x) + block.shortcut(x)))
+    plain = reslab.create_model("plain8").layer2[0].eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert plain(x).dtype == torch.bfloat16
