@@ -53,11 +53,8 @@ def fp32_forward(module: nn.Module) -> None:
 def low_precision_combine(block: nn.Module, x: torch.Tensor, residual: torch.Tensor
                           ) -> torch.Tensor:
     """The residual addition in the autocast dtype (bf16): reslab's block before the fix."""
-    if block.downsample is not None:
-        shortcut = block.downsample(x)
-    elif block.shortcut is not None:
-        shortcut = block.shortcut(x)
-    else:
+    shortcut = blocks.shortcut_of(block, x)
+    if shortcut is None:
         return block.relu(residual)
     return block.relu(residual + shortcut.to(residual.dtype))
 

@@ -19,7 +19,7 @@ import torch
 from reslab.atomic_write import atomic_write_json
 from reslab.data.imagenet import ImageFolderDataset
 from reslab.engine import make_engine
-from reslab.experiments.report import DataInfo, md_table
+from reslab.experiments.report import DataInfo, Report, md_table
 from reslab.experiments.sweep import RunOutcome, RunSpec, Settings, make_config
 from reslab.inference import LoadedModel, errors_of, imagenet_scores, load_model
 from reslab.train.recipes import IMAGENET_RECIPE
@@ -137,6 +137,18 @@ def compare(rows: dict[str, dict], a: str, b: str, what: str) -> str | None:
     verb = "beat" if d > 0 else "did not beat"
     return (f"{what}: {b} {verb} {a} ({rows[b]['top1_error']:.2f}% vs "
             f"{rows[a]['top1_error']:.2f}% top-1, {d:+.2f} points).")
+
+
+def ten_crop_report(s: Settings, outcomes: list[RunOutcome], table: str, paper: dict,
+                    comparisons: list[tuple[str, str, str]], title: str, intro: str) -> Report:
+    """Tables 2 and 3: each run's 10-crop errors beside the paper's, with the comparisons
+    (a, b, what) the paper draws between its nets."""
+    rows = {o.label: evaluate_run(s, o, "10crop") for o in outcomes}
+    md, findings = error_rows(rows, paper)
+    findings = [f for f in (compare(rows, a, b, what) for a, b, what in comparisons) if f] \
+        + findings
+    return Report(title, f"## {table.capitalize()}\n\n{intro}\n\n{md}", findings,
+                  results={table: rows}, per_run={k: {"ten_crop": v} for k, v in rows.items()})
 
 
 def epochs_of(o: RunOutcome) -> list[float]:

@@ -162,18 +162,7 @@ def _ms(m: float, sd: float) -> str:
 def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
     table = analyse(outcomes, s.iterations)
     fig = figure(s, outcomes)
-    speed: dict[str, dict[str, dict]] = {}
-    per_run = {}
-    for o in outcomes:
-        ips = images_per_sec(o)
-        per_run[o.label] = {"precision": o.info.get("precision", o.cfg.precision),
-                            "images_per_sec": ips}
-        speed.setdefault(o.cfg.model, {}).setdefault(o.cfg.precision, {"ips": [],
-                                                                        "wall": []})
-        if ips is not None:
-            speed[o.cfg.model][o.cfg.precision]["ips"].append(ips)
-        if o.info.get("wall_seconds") is not None:
-            speed[o.cfg.model][o.cfg.precision]["wall"].append(o.info["wall_seconds"])
+    speed, per_run = _speeds(outcomes)
 
     body = [
         "## Precision: bf16 autocast vs fp32", "",
@@ -204,46 +193,9 @@ def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
               {True: "**yes**", False: "no", None: "n/a (1 seed)"}[r["beyond_noise"]],
               "n/a" if r["paired_diff_mean"] is None
               else _ms(r["paired_diff_mean"], r["paired_diff_std"])) for r in rows]))
-        worse = [r for r in rows if r["beyond_noise"] and r["diff"] > 0]
-        better = [r for r in rows if r["beyond_noise"] and r["diff"] < 0]
-        last = {r["key"]: r for r in rows if r["iteration"] == max(x["iteration"]
-                                                                    for x in rows)}
-        n = rows[0]["n"] if rows else 0
-        end = "; ".join(f"{r['what']} {r['bf16_mean']:.2f}% bf16 vs {r['fp32_mean']:.2f}% "
-                        f"fp32 ({r['diff']:+.2f} points, {abs(r['diff']) / r['se']:.1f} SE)"
-                        if r["se"] else f"{r['what']} {r['bf16_mean']:.2f}% bf16 vs "
-                        f"{r['fp32_mean']:.2f}% fp32 ({r['diff']:+.2f} points)"
-                        for r in last.values())
-        if n < 2:
-            verdict = (f"{model} (1 seed): no noise estimate, so no verdict; bf16 - fp32 "
-                       "at each point is in the table")
-        elif not worse and not better:
-            verdict = (f"{model} ({n} seeds): bf16 is within seed noise of fp32 at every "
-                       f"compared point")
-        else:
-            parts = []
-            if worse:
-                parts.append("bf16 worse beyond noise at " + ", ".join(
-                    f"{r['what']} @ {r['iteration']} ({r['diff']:+.2f})" for r in worse))
-            if better:
-                parts.append("bf16 better beyond noise at " + ", ".join(
-                    f"{r['what']} @ {r['iteration']} ({r['diff']:+.2f})" for r in better))
-            verdict = f"{model} ({n} seeds): " + "; ".join(parts)
-        findings.append(f"{verdict}. At the end: {end}.")
-        sp = speed.get(model, {})
-        if all(sp.get(p, {}).get("ips") for p in PRECISIONS):
-            f, b = (statistics.fmean(sp[p]["ips"]) for p in PRECISIONS)
-            findings.append(f"{model} throughput (median over intervals, mean over seeds): "
-                            f"{f:.0f} images/s fp32, {b:.0f} images/s bf16 ({b / f:.2f}x).")
+        findings += _verdicts(model, rows, speed.get(model, {}))
         body.append("")
-    srows = []
-    for model, sp in speed.items():
-        for p in PRECISIONS:
-            if p in sp and sp[p]["ips"]:
-                m, sd = mean_std(sp[p]["ips"])
-                w = statistics.fmean(sp[p]["wall"]) if sp[p]["wall"] else None
-                srows.append((model, p, f"{m:.0f} +- {sd:.0f}",
-                              "n/a" if w is None else f"{w:.0f}"))
+    srows = _speed_rows(speed)
     body += ["### Speed", "", "Training images/s (median of the run's evaluation intervals; "
              "mean +- std over seeds) and wall seconds per run (mean, evaluations included)."
              " The machine is shared, so these are rough.", "",
@@ -256,3 +208,66 @@ def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
                                          "images_per_sec": {m: {p: sp[p]["ips"] for p in sp}
                                                             for m, sp in speed.items()}}},
                   per_run=per_run)
+
+
+def _speeds(outcomes: list[RunOutcome]) -> tuple[dict[str, dict[str, dict]], dict]:
+    """{model: {precision: {"ips": [...], "wall": [...]}}} and per-run fields."""
+    speed: dict[str, dict[str, dict]] = {}
+    per_run = {}
+    for o in outcomes:
+        ips = images_per_sec(o)
+        per_run[o.label] = {"precision": o.info.get("precision", o.cfg.precision),
+                            "images_per_sec": ips}
+        cell = speed.setdefault(o.cfg.model, {}).setdefault(o.cfg.precision,
+                                                            {"ips": [], "wall": []})
+        if ips is not None:
+            cell["ips"].append(ips)
+        if o.info.get("wall_seconds") is not None:
+            cell["wall"].append(o.info["wall_seconds"])
+    return speed, per_run
+
+
+def _speed_rows(speed: dict[str, dict[str, dict]]) -> list[tuple]:
+    rows = []
+    for model, sp in speed.items():
+        for p in PRECISIONS:
+            if p in sp and sp[p]["ips"]:
+                m, sd = mean_std(sp[p]["ips"])
+                w = statistics.fmean(sp[p]["wall"]) if sp[p]["wall"] else None
+                rows.append((model, p, f"{m:.0f} +- {sd:.0f}", "n/a" if w is None else f"{w:.0f}"))
+    return rows
+
+
+def _verdicts(model: str, rows: list[dict], sp: dict[str, dict]) -> list[str]:
+    """The findings for one net: beyond noise or not, at which points; the speeds."""
+    worse = [r for r in rows if r["beyond_noise"] and r["diff"] > 0]
+    better = [r for r in rows if r["beyond_noise"] and r["diff"] < 0]
+    last = {r["key"]: r for r in rows if r["iteration"] == max(x["iteration"]
+                                                                for x in rows)}
+    n = rows[0]["n"] if rows else 0
+    end = "; ".join(f"{r['what']} {r['bf16_mean']:.2f}% bf16 vs {r['fp32_mean']:.2f}% "
+                    f"fp32 ({r['diff']:+.2f} points, {abs(r['diff']) / r['se']:.1f} SE)"
+                    if r["se"] else f"{r['what']} {r['bf16_mean']:.2f}% bf16 vs "
+                    f"{r['fp32_mean']:.2f}% fp32 ({r['diff']:+.2f} points)"
+                    for r in last.values())
+    if n < 2:
+        verdict = (f"{model} (1 seed): no noise estimate, so no verdict; bf16 - fp32 "
+                   "at each point is in the table")
+    elif not worse and not better:
+        verdict = (f"{model} ({n} seeds): bf16 is within seed noise of fp32 at every "
+                   f"compared point")
+    else:
+        parts = []
+        if worse:
+            parts.append("bf16 worse beyond noise at " + ", ".join(
+                f"{r['what']} @ {r['iteration']} ({r['diff']:+.2f})" for r in worse))
+        if better:
+            parts.append("bf16 better beyond noise at " + ", ".join(
+                f"{r['what']} @ {r['iteration']} ({r['diff']:+.2f})" for r in better))
+        verdict = f"{model} ({n} seeds): " + "; ".join(parts)
+    findings = [f"{verdict}. At the end: {end}."]
+    if all(sp.get(p, {}).get("ips") for p in PRECISIONS):
+        f, b = (statistics.fmean(sp[p]["ips"]) for p in PRECISIONS)
+        findings.append(f"{model} throughput (median over intervals, mean over seeds): "
+                        f"{f:.0f} images/s fp32, {b:.0f} images/s bf16 ({b / f:.2f}x).")
+    return findings

@@ -3,14 +3,7 @@ options A, B, C and ResNet-50/101/152 (option B): projections help a little, dep
 
 from __future__ import annotations
 
-from reslab.experiments.imagenet import (
-    TABLE3,
-    TABLE3_RUNS,
-    compare,
-    error_rows,
-    evaluate_run,
-    plan_runs,
-)
+from reslab.experiments.imagenet import TABLE3, TABLE3_RUNS, plan_runs, ten_crop_report
 from reslab.experiments.report import Report
 from reslab.experiments.sweep import RunOutcome, RunSpec, Settings
 
@@ -24,17 +17,13 @@ def plan(s: Settings) -> list[RunSpec]:
 
 
 def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
-    rows = {o.label: evaluate_run(s, o, "10crop") for o in outcomes}
-    table, findings = error_rows(rows, TABLE3)
-    findings = [f for f in (
-        compare(rows, "plain34", "resnet34-A", "Residual learning (paper: A beats plain)"),
-        compare(rows, "resnet34-A", "resnet34-B", "Projections where dimensions change (B)"),
-        compare(rows, "resnet34-B", "resnet34-C", "Projections everywhere (C)"),
-        compare(rows, "resnet34-B", "resnet50", "Bottleneck 50 layers"),
-        compare(rows, "resnet50", "resnet101", "101 layers"),
-        compare(rows, "resnet101", "resnet152", "152 layers"),
-    ) if f] + findings
-    body = ("## Table 3\n\nTop-1 and top-5 error (%, 10-crop testing) on the validation "
-            "images.\n\n" + table)
-    return Report("Table 3: shortcut options and deeper ResNets on ImageNet", body, findings,
-                  results={"table3": rows}, per_run={k: {"ten_crop": v} for k, v in rows.items()})
+    return ten_crop_report(
+        s, outcomes, "table3", TABLE3,
+        [("plain34", "resnet34-A", "Residual learning (paper: A beats plain)"),
+         ("resnet34-A", "resnet34-B", "Projections where dimensions change (B)"),
+         ("resnet34-B", "resnet34-C", "Projections everywhere (C)"),
+         ("resnet34-B", "resnet50", "Bottleneck 50 layers"),
+         ("resnet50", "resnet101", "101 layers"),
+         ("resnet101", "resnet152", "152 layers")],
+        "Table 3: shortcut options and deeper ResNets on ImageNet",
+        "Top-1 and top-5 error (%, 10-crop testing) on the validation images.")

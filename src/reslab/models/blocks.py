@@ -151,6 +151,15 @@ def _attach_shortcut(block: nn.Module, shortcut: nn.Module | None) -> None:
     block.plain = shortcut is None
 
 
+def shortcut_of(block: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The block's shortcut branch applied to `x` (projection or option A), None if plain."""
+    if block.downsample is not None:
+        return block.downsample(x)
+    if block.shortcut is not None:
+        return block.shortcut(x)
+    return None
+
+
 def _combine(block: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """y = ReLU(F(x) + shortcut(x)) (Eqn. 1), or ReLU(F(x)) for a plain block.
 
@@ -160,11 +169,8 @@ def _combine(block: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch
     fp32 run learned (docs/results.md, benchmarks/precision_parts.py). In fp32 it is the
     plain sum, bit for bit.
     """
-    if block.downsample is not None:
-        shortcut = block.downsample(x)
-    elif block.shortcut is not None:
-        shortcut = block.shortcut(x)
-    else:
+    shortcut = shortcut_of(block, x)
+    if shortcut is None:
         return block.relu(residual)
     if residual.dtype != torch.float32 or shortcut.dtype != torch.float32:
         return block.relu(residual.float() + shortcut.float())
