@@ -85,6 +85,12 @@ def protocol_scores(s: Settings, loaded: LoadedModel, protocol: str) -> tuple[to
     return scores, torch.tensor(val.targets)
 
 
+def _errors(protocol: str, scores: torch.Tensor, labels: torch.Tensor) -> dict:
+    r = errors_of(scores, labels)
+    return {"protocol": protocol, "top1_error": 100 * r.top1_error,
+            "top5_error": 100 * r.top5_error, "images": r.images}
+
+
 def evaluate_run(s: Settings, o: RunOutcome, protocol: str) -> dict:
     """Top-1/top-5 error (%) of the run's final weights under `protocol`, cached in
     runs/<label>/eval-<protocol>.json (recomputed when last.pt is newer)."""
@@ -92,24 +98,24 @@ def evaluate_run(s: Settings, o: RunOutcome, protocol: str) -> dict:
     last = o.out / "last.pt"
     if cache.exists() and cache.stat().st_mtime >= last.stat().st_mtime:
         return json.loads(cache.read_text())
-    scores, labels = protocol_scores(s, load_model(last), protocol)
-    r = errors_of(scores, labels)
-    result = {"protocol": protocol, "top1_error": 100 * r.top1_error,
-              "top5_error": 100 * r.top5_error, "images": r.images}
+    result = _errors(protocol, *protocol_scores(s, load_model(last), protocol))
     atomic_write_json(cache, result)
     return result
 
 
-def ensemble(s: Settings, outcomes: list[RunOutcome], protocol: str) -> dict:
-    """Top-1/top-5 error (%) of the mean of the members' softmax scores (Table 5)."""
-    total, labels = None, None
+def ensemble(s: Settings, outcomes: list[RunOutcome], protocol: str
+             ) -> tuple[dict, dict[str, dict]]:
+    """Top-1/top-5 error (%) of the mean of the members' softmax scores (Table 5), and each
+    member's own errors from the same scores (one pass over the val images per member;
+    cached as `evaluate_run` caches them)."""
+    total, labels, members = None, None, {}
     for o in outcomes:
         scores, labels = protocol_scores(s, load_model(o.out / "last.pt"), protocol)
+        members[o.label] = _errors(protocol, scores, labels)
+        atomic_write_json(o.out / f"eval-{protocol}.json", members[o.label])
         total = scores if total is None else total + scores
-    r = errors_of(total / len(outcomes), labels)
-    return {"protocol": protocol, "members": [o.label for o in outcomes],
-            "top1_error": 100 * r.top1_error, "top5_error": 100 * r.top5_error,
-            "images": r.images}
+    ens = {**_errors(protocol, total / len(outcomes), labels), "members": list(members)}
+    return ens, members
 
 
 def error_rows(rows: dict[str, dict], paper: dict[str, tuple[float, ...] | float]

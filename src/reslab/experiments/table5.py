@@ -3,7 +3,7 @@ members; the paper's ensemble of six models reached 3.57% top-5 error on the tes
 
 from __future__ import annotations
 
-from reslab.experiments.imagenet import TABLE3_RUNS, TABLE5_TOP5, ensemble, evaluate_run, plan_runs
+from reslab.experiments.imagenet import TABLE3_RUNS, TABLE5_TOP5, ensemble, plan_runs
 from reslab.experiments.report import Report, md_table
 from reslab.experiments.sweep import RunOutcome, RunSpec, Settings
 
@@ -17,8 +17,7 @@ def plan(s: Settings) -> list[RunSpec]:
 
 
 def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
-    members = {o.label: evaluate_run(s, o, "multiscale") for o in outcomes}
-    ens = ensemble(s, outcomes, "multiscale")
+    ens, members = ensemble(s, outcomes, "multiscale")
     rows = [(k, f"{v['top1_error']:.2f}", f"{v['top5_error']:.2f}") for k, v in members.items()]
     rows.append((f"ensemble of {len(outcomes)}", f"{ens['top1_error']:.2f}",
                  f"{ens['top5_error']:.2f}"))

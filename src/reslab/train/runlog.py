@@ -9,7 +9,6 @@ strict JSON (a non-finite value is refused, never written as NaN/Infinity).
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 import warnings
@@ -148,6 +147,3 @@ class RunLog:
                               "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             atomic_write_json(self.out / "run.json", self.info)
 
-
-def check_finite_record(record: dict) -> bool:
-    return all(math.isfinite(v) for v in record.values() if isinstance(v, float))

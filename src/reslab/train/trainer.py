@@ -326,7 +326,6 @@ def build_run(cfg: TrainConfig, engine: Engine, world: World, folder: RunFolder,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from": start,
         "command": " ".join(sys.argv),
     }
-    info["data"].update(train=source.train_size, eval=source.eval_size)
     log = RunLog(out, info, records, f"{spec.name} on {source.name}", iterations, start,
                  main=world.is_main, progress=cfg.progress, tensorboard=cfg.tensorboard)
     if ckpt is not None:
