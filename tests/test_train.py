@@ -4,8 +4,6 @@ NaN stop, errors, and a net that learns on real data."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -138,24 +136,15 @@ def test_same_seed_same_result(tmp_path, tiny_data):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, tiny_data, monkeypatch):
+def test_resume_equals_uninterrupted_run(tmp_path, tiny_data, sigterm_at_batch):
     full = train(tiny_cfg(tmp_path / "full"), tiny_data)
 
     # Same run, sent SIGTERM while fetching batch 6: it saves a checkpoint and stops.
-    from reslab.train import sources
-
-    original = sources.TensorSource.batch
-
-    def batch_then_signal(self, iteration):
-        if iteration == 6:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, iteration)
-
-    monkeypatch.setattr(sources.TensorSource, "batch", batch_then_signal)
+    sigterm_at_batch(6)
     cut = train(tiny_cfg(tmp_path / "cut"), tiny_data)
     assert cut.status == "interrupted" and cut.iteration == 7
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["iteration"] == 7
-    monkeypatch.setattr(sources.TensorSource, "batch", original)
+    sigterm_at_batch(None)
 
     resumed = train(tiny_cfg(tmp_path / "cut", resume=True), tiny_data)
     assert resumed.status == "finished" and resumed.iteration == 12

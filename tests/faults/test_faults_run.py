@@ -18,7 +18,7 @@ import torch
 from reslab.cli import main
 from reslab.data import load_image_data
 from reslab.errors import ReslabError
-from reslab.train import runlog, sources
+from reslab.train import runlog
 from reslab.train.checkpoint import Checkpoint
 from reslab.train.recipes import TrainConfig
 from reslab.train.trainer import train
@@ -120,17 +120,8 @@ def test_diverged_weights_are_never_saved(tmp_path, tiny_data, monkeypatch):
     assert [r["iteration"] for r in records] == [4]
 
 
-def test_nan_at_an_interrupt_is_not_saved(tmp_path, tiny_data, monkeypatch):
-    original = sources.TensorSource.batch
-
-    def batch(self, iteration):
-        if iteration == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-            x, y = original(self, iteration)
-            return x * float("nan"), y
-        return original(self, iteration)
-
-    monkeypatch.setattr(sources.TensorSource, "batch", batch)
+def test_nan_at_an_interrupt_is_not_saved(tmp_path, tiny_data, sigterm_at_batch):
+    sigterm_at_batch(5, poison=True)
     with pytest.raises(ReslabError, match="iteration 4"):
         train(tiny_cfg(tmp_path / "x"), tiny_data)
     assert Checkpoint.load(tmp_path / "x" / "last.pt").iteration == 4
@@ -248,15 +239,8 @@ def test_resume_needs_no_flags(tmp_path):
     assert run["finished_iteration"] == 4 and run["resumed_from"] == 2
 
 
-def test_sigterm_saves_the_pending_interval(tmp_path, tiny_data, monkeypatch):
-    original = sources.TensorSource.batch
-
-    def batch(self, iteration):
-        if iteration == 6:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, iteration)
-
-    monkeypatch.setattr(sources.TensorSource, "batch", batch)
+def test_sigterm_saves_the_pending_interval(tmp_path, tiny_data, sigterm_at_batch):
+    sigterm_at_batch(6)
     cut = train(tiny_cfg(tmp_path / "p", log_every=100), tiny_data)
     assert cut.status == "interrupted" and cut.iteration == 7
     ckpt = Checkpoint.load(tmp_path / "p" / "last.pt")
