@@ -11,6 +11,7 @@ import torch
 
 from reslab.cli import main
 from reslab.data import load_image_data
+from reslab.engine import cpu_has_native_bf16
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import load_checkpoint
 from reslab.train.recipes import TrainConfig, cifar_recipe
@@ -97,7 +98,7 @@ def test_warmup_is_used_for_110_layers(tmp_path, tiny_data):
 
 def test_run_writes_every_output(tmp_path, tiny_data):
     out = tmp_path / "run"
-    result = train(tiny_cfg(out, tensorboard=True), tiny_data)
+    result = train(tiny_cfg(out, tensorboard=True, device="cpu"), tiny_data)
     assert result.status == "finished" and result.iteration == 12
     for name in ("run.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt"):
         assert (out / name).is_file(), name
@@ -112,6 +113,9 @@ def test_run_writes_every_output(tmp_path, tiny_data):
     assert info["status"] == "finished" and info["config"]["model"] == "resnet8"
     assert {"torch", "torchvision", "reslab"} <= set(info["versions"])
     assert "cpu_count" in info["machine"]
+    # --precision auto on this CPU: bf16 where it is native (the precision study), else fp32
+    assert info["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert info["precision_choice"].startswith(info["precision"] + ": auto on a CPU")
     ckpt = load_checkpoint(out / "last.pt")  # weights_only
     assert ckpt["iteration"] == 12 and ckpt["model_spec"]["name"] == "resnet8"
     assert ckpt["classes"] == tiny_data.classes
@@ -237,3 +241,14 @@ def test_learns_on_real_cifar10_jpegs(tmp_path):
     records = read_metrics(tmp_path / "real" / "metrics.jsonl")
     assert result.last["test_error"] < 0.75
     assert records[-1]["train_error"] < records[0]["train_error"]
+
+
+def test_resume_in_another_precision_warns(tmp_path, tiny_data):
+    """Resuming may change the precision (e.g. `auto` on another machine), never silently."""
+    out = tmp_path / "p"
+    train(tiny_cfg(out, iterations=4, device="cpu", precision="fp32"), tiny_data)
+    with pytest.warns(UserWarning, match="trained in fp32 so far and continues in bf16"):
+        resumed = train(tiny_cfg(out, iterations=8, device="cpu", precision="bf16",
+                                 resume=True), tiny_data)
+    assert resumed.status == "finished"
+    assert json.loads((out / "run.json").read_text())["precision"] == "bf16"

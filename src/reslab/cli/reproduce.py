@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "precision: runs per net and precision (>= 2; 3+ advised)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="as for `reslab train` (auto: bf16 on CUDA, fp32 on CPU)")
+                   help="as for `reslab train` (auto: bf16 on CUDA and on CPUs with native "
+                   "bf16, else fp32)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="global mini-batch (default: the paper's, 128 CIFAR, 256 ImageNet)")
     p.add_argument("--eval-points", type=int, default=40,

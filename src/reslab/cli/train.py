@@ -85,8 +85,9 @@ def _add_engine_options(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--device", default=None,
                    help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU (bf16 is faster on CPUs "
-                   "with native bf16 but slowed deep nets' early training: docs/results.md)")
+                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX-512 "
+                   "BF16 or AMX; within seed noise of fp32 and 1.5x faster: docs/results.md), "
+                   "fp32 on other CPUs, where bf16 is emulated and slow")
     p.add_argument("--channels-last", dest="channels_last", action="store_const", const=True,
                    default=None, help="channels_last memory format (default: on for CUDA and CPU)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)

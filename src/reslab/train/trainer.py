@@ -9,11 +9,13 @@ with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +250,7 @@ def start_run(cfg: TrainConfig, data: ImageData | None = None) -> Run:
         spec = resolve(cfg.model, len(source.classes), cfg.shortcut)
         if ckpt is not None:
             check_resumable(ckpt, cfg, spec, data_identity(source), out)
+            warn_precision_change(out, engine)
         return build_run(cfg, engine, world, folder, source, spec, ckpt, started)
     except BaseException:
         folder.close()
@@ -258,6 +261,19 @@ def resumed_checkpoint(cfg: TrainConfig, out: Path) -> Checkpoint | None:
     """The run's last.pt when resuming (None for a fresh run)."""
     last = out / "last.pt"
     return Checkpoint.load(last) if cfg.resume and last.exists() else None
+
+
+def warn_precision_change(out: Path, engine: Engine) -> None:
+    """A resume may change the precision (another machine, or `--precision auto` choosing
+    differently since), but not silently."""
+    try:
+        before = json.loads((out / "run.json").read_text()).get("precision")
+    except (OSError, ValueError, AttributeError):
+        return
+    if before in ("fp32", "bf16") and before != engine.precision:
+        warnings.warn(f"{out} was trained in {before} so far and continues in "
+                      f"{engine.precision}; pass --precision {before} to keep it",
+                      stacklevel=2)
 
 
 def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, spec: ModelSpec, data: dict,
