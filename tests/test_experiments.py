@@ -4,6 +4,7 @@ synthetic runs, and `reslab responses` (Figure 7's measurement)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -13,6 +14,10 @@ import torch
 
 from reslab.cli import main
 from reslab.data import Preprocess
+from reslab.engine import precision_name
+from reslab.errors import ReslabError
+from reslab.experiments.sweep import check_same_config
+from reslab.train.recipes import TrainConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # 6 iterations of batch 8 per run, 2 evaluations; tiny nets where the experiment allows.
@@ -232,3 +237,18 @@ def test_a_failed_job_is_reported_and_the_others_finish(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 of 2 runs failed" in err and "resnet14" in err
     assert json.loads((out / "runs" / "resnet8" / "run.json").read_text())["status"] == "finished"
+
+
+def test_a_rerun_may_change_what_does_not_change_the_runs(tmp_path):
+    """A sweep folder is reused when only loader/engine settings differ (e.g. more DataLoader
+    workers for table3), refused when anything the runs compute differs."""
+    cfg = TrainConfig(model="resnet8", data="synthetic:64:32", out=str(tmp_path), iterations=6,
+                      device="cpu", recipe="imagenet", workers=2)
+    info = {"config": cfg.to_dict(), "precision": precision_name("auto", torch.device("cpu"))}
+    for change in ({"workers": 8}, {"log_every": 7}, {"eval_batch_size": 64},
+                   {"progress": False}):
+        check_same_config("resnet8", info, dataclasses.replace(cfg, **change))
+    for change in ({"lr": 0.2}, {"iterations": 12}, {"seed": 1}, {"precision": "fp32"}
+                   if info["precision"] == "bf16" else {"precision": "bf16"}):
+        with pytest.raises(ReslabError, match="other settings"):
+            check_same_config("resnet8", info, dataclasses.replace(cfg, **change))

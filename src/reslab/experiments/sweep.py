@@ -24,8 +24,11 @@ from reslab.train.runlog import read_metrics
 from reslab.train.schedule import PAPER_ITERATIONS
 
 #: TrainConfig fields that do not change what a run computes; a finished run is reused
-#: whatever their values.
-ENGINE_FIELDS = ("resume", "progress", "device", "tensorboard")
+#: whatever their values. A subset of what a resume may change
+#: (`recipes.RESUMABLE_CHANGES`): a sweep also holds the length, the evaluation points and
+#: the precision (compared as resolved) fixed, since its report compares runs by them.
+ENGINE_FIELDS = ("resume", "progress", "device", "tensorboard", "workers", "data_root",
+                 "eval_batch_size", "log_every")
 
 
 @dataclass
