@@ -35,8 +35,9 @@ def test_ensemble_is_the_mean_of_the_members_probabilities(two_nets, capsys):
     a, b = two_nets
     capsys.readouterr()
     assert main(["eval", "--weights", str(a), str(b), "--data", SYNTH, "--json",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--precision", "fp32"]) == 0
     got = json.loads(capsys.readouterr().out)
+    assert got["precision"] == "fp32"
     # by hand: each member's softmax over the test split, averaged, then top-1/top-5
     data = load_image_data(SYNTH, progress=False)
     engine = make_engine("cpu", "fp32")

@@ -208,7 +208,9 @@ def test_cli_train_eval_predict(tmp_path, capsys):
     assert main(["eval", "--weights", str(out / "best.pt"), "--data", "synthetic:256:128",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"top1_error", "top5_error", "images"} and result["images"] == 128
+    assert set(result) == {"top1_error", "top5_error", "images", "precision"}
+    assert result["images"] == 128 and result["precision"] == json.loads(
+        (out / "run.json").read_text())["precision"]  # auto picks as training did
     best = min(r["test_error"] for r in read_metrics(out / "metrics.jsonl"))
     assert result["top1_error"] == pytest.approx(best, abs=1e-6)
 

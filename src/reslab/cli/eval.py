@@ -64,8 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="imagenet protocol: DataLoader workers decoding the images")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="as for `reslab train` (auto: bf16 on CUDA and on CPUs with native "
+                   "bf16); fp32 gives errors free of bf16 rounding")
     p.add_argument("--json", action="store_true",
-                   help='print {"top1_error": ..., "top5_error": ..., "images": ...}')
+                   help='print {"top1_error": ..., "top5_error": ..., "images": ..., '
+                   '"precision": ...}')
     p.set_defaults(func=run)
 
 
@@ -93,7 +97,7 @@ def _imagenet_protocol(loaded: LoadedModel, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    engine = make_engine(args.device, "auto")
+    engine = make_engine(args.device, args.precision)
     members = [] if args.model else [load_model(w, recipe=args.recipe) for w in args.weights]
     recipe = args.recipe or (members[0].recipe if members else
                              "imagenet" if resolve(args.model).family == "imagenet" else "cifar")
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         scores = s if scores is None else scores + s
     result = errors_of(scores / len(members), labels)
     out = {"top1_error": result.top1_error, "top5_error": result.top5_error,
-           "images": result.images}
+           "images": result.images, "precision": engine.precision}
     if len(members) > 1:
         out["members"] = [m.name for m in members]
     if args.json:
