@@ -12,7 +12,7 @@ import torch
 
 from reslab.data import load_image_data
 from reslab.data.imagenet import ImageFolderDataset
-from reslab.engine import make_engine
+from reslab.engine import PRECISIONS, make_engine
 from reslab.errors import ReslabError
 from reslab.inference import (
     LoadedModel,
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="imagenet protocol: DataLoader workers decoding the images")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="as for `reslab train` (auto: bf16 on CUDA and on CPUs with native "
                    "bf16); fp32 gives errors free of bf16 rounding")
     p.add_argument("--json", action="store_true",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.experiments import (
     EXPERIMENTS,
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="table6: runs per net; reports best and mean +- std (default 1); "
                    "precision: runs per net and precision (>= 2; 3+ advised)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="as for `reslab train` (auto: bf16 on CUDA and on CPUs with native "
                    "bf16, else fp32)")
     p.add_argument("--batch-size", type=int, default=None,

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 
+from reslab.engine import PRECISIONS
 from reslab.train.distributed import shutdown_process_group
 from reslab.train.recipes import COMPILE_MODES, TrainConfig
 from reslab.train.trainer import train
@@ -84,7 +85,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _add_engine_options(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--device", default=None,
                    help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX-512 "
                    "BF16 or AMX; within seed noise of fp32 and 1.5x faster: docs/results.md), "
                    "fp32 on other CPUs, where bf16 is emulated and slow")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import Checkpoint
 from reslab.train.schedule import PAPER_ITERATIONS, PAPER_MILESTONES, scale_milestones
@@ -226,7 +227,7 @@ class TrainConfig:
             (self.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.val_split >= 0, "--val-split must be >= 0"),
-            (self.precision in ("auto", "fp32", "bf16"), "--precision must be auto, fp32 or bf16"),
+            (self.precision in PRECISIONS, "--precision must be auto, fp32 or bf16"),
             (self.pad >= 0, "--pad must be >= 0"),
             (self.lr_policy in ("step", "plateau"), "--lr-policy must be step or plateau"),
             (self.plateau_patience >= 0, "plateau_patience must be >= 0"),
