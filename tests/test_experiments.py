@@ -248,7 +248,7 @@ def test_a_rerun_may_change_what_does_not_change_the_runs(tmp_path):
     for change in ({"workers": 8}, {"log_every": 7}, {"eval_batch_size": 64},
                    {"progress": False}):
         check_same_config("resnet8", info, dataclasses.replace(cfg, **change))
-    for change in ({"lr": 0.2}, {"iterations": 12}, {"seed": 1}, {"precision": "fp32"}
-                   if info["precision"] == "bf16" else {"precision": "bf16"}):
+    other = "fp32" if info["precision"] == "bf16" else "bf16"
+    for change in ({"lr": 0.2}, {"iterations": 12}, {"seed": 1}, {"precision": other}):
         with pytest.raises(ReslabError, match="other settings"):
             check_same_config("resnet8", info, dataclasses.replace(cfg, **change))
