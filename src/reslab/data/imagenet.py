@@ -326,6 +326,9 @@ class ImageFolderDataset(Dataset):
         """Keep only some classes (the first `classes` of the sorted names, ImageNet-100
         style, or these names) and the first `per_class` images of each (sorted paths);
         labels are renumbered 0..K-1. In place; returns self."""
+        if isinstance(classes, int) and classes > len(self.classes):  # never fewer, silently
+            raise ReslabError(f"--classes {classes}: {self.root} has only {len(self.classes)} "
+                              "class folders")
         if classes is not None:
             keep = list(self.classes[:classes]) if isinstance(classes, int) else list(classes)
             missing = sorted(set(keep) - set(self.classes))
