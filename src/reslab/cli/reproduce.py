@@ -4,6 +4,7 @@ Table 6, the shortcut options) and ImageNet (Tables 2-5, Figure 4)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from reslab.engine import PRECISIONS
@@ -42,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=None, help="where cifar10 lives")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--budget", type=float, default=1.0,
-                   help="fraction of the paper's 64k iterations per run (default 1.0)")
+                   help="fraction of the paper's 64k iterations per run, in (0, 10] "
+                   "(default 1.0)")
     p.add_argument("--seeds", type=int, default=1,
                    help="table6: runs per net; reports best and mean +- std (default 1); "
                    "precision: runs per net and precision (>= 2; 3+ advised)")
@@ -62,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--with-1202", action="store_true",
                    help="figure6/table6: add ResNet-1202 (19.4M parameters; slow)")
     p.add_argument("--with-plain110", action="store_true", help="figure6: add plain-110")
-    p.add_argument("--depth", type=int, default=20, help="shortcuts: the CIFAR depth (6n+2)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="shortcuts: the CIFAR depth (6n+2; default 20)")
     p.add_argument("--jobs", type=int, default=1,
                    help="train N runs at once in worker processes, spread over the visible "
                    "GPUs (several small CIFAR runs share one GPU well) or over the CPU cores "
@@ -81,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, reproduce_parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +97,14 @@ def run(args: argparse.Namespace) -> int:
             raise ReslabError(f"--models does not apply to {args.experiment}")
     if args.seeds != 1 and args.experiment not in ("table6", "precision"):
         raise ReslabError("--seeds applies to table6 and precision only")
+    for flag, is_set, applies in (("--depth", args.depth is not None, ("shortcuts",)),
+                                  ("--with-1202", args.with_1202, ("figure6", "table6")),
+                                  ("--with-plain110", args.with_plain110, ("figure6",))):
+        if is_set and args.experiment not in applies:
+            raise ReslabError(f"{flag} applies to {' and '.join(applies)} only")
+        if is_set and models and flag != "--depth":
+            raise ReslabError(f"{flag} adds a net to the paper's set; with --models, name "
+                              "the nets in its list instead")
     imagenet_flags = {"--classes": args.classes, "--images-per-class": args.images_per_class,
                       "--scale": args.scale, "--crop": args.crop,
                       "--test-resize": args.test_resize, "--workers": args.workers}
@@ -104,15 +115,36 @@ def run(args: argparse.Namespace) -> int:
     s = Settings(data=args.data, out=args.out, budget=args.budget, seeds=args.seeds,
                  device=args.device, batch_size=args.batch_size, eval_points=args.eval_points,
                  models=models, with_1202=args.with_1202, with_plain110=args.with_plain110,
-                 depth=args.depth, data_root=args.data_root, progress=args.progress,
+                 depth=20 if args.depth is None else args.depth, data_root=args.data_root,
+                 progress=args.progress,
                  precision=args.precision, jobs=args.jobs, classes=args.classes,
                  images_per_class=args.images_per_class,
                  scale=tuple(args.scale) if args.scale else None, crop=args.crop,
                  test_resize=args.test_resize, workers=args.workers)
     outcome = reproduce(args.experiment, s)
     if outcome.status != "finished":
-        print(f"reslab reproduce: {outcome.message}", file=sys.stderr)
-        return 130
+        print(f"reslab reproduce: {outcome.message}: {command_line(args)}", file=sys.stderr)
+        return 128 + outcome.signal if outcome.signal else 130
     if outcome.report is not None:  # under torchrun, rank 0 reports
         print(f"done: report in {outcome.report}")
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The `reslab reproduce ...` command that `args` came from (the flags that differ from
+    their defaults), to continue an interrupted sweep."""
+    words = ["reslab", "reproduce", args.experiment]
+    for action in args.reproduce_parser._actions:
+        if not action.option_strings or action.dest in ("help", "reproduce_parser"):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        if action.nargs == 0:  # store_true/false/const: the flag itself when it is the value
+            if value == action.const:
+                words.append(action.option_strings[0])
+        elif isinstance(value, (list, tuple)):
+            words += [action.option_strings[0], *map(str, value)]
+        else:
+            words += [action.option_strings[0], str(value)]
+    return shlex.join(words)

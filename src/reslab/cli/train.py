@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import os
 
+from reslab.cli.image_limit import add_max_image_pixels
 from reslab.engine import PRECISIONS
+from reslab.errors import ReslabError
 from reslab.train.distributed import shutdown_process_group
 from reslab.train.recipes import COMPILE_MODES, TrainConfig
 from reslab.train.trainer import train
@@ -37,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar")
+    add_max_image_pixels(p)
     p.set_defaults(func=run)
 
 
@@ -121,12 +124,21 @@ def _add_imagenet_options(p: argparse._ArgumentGroup) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the flags describe: the flags that were given, over the recipe's
     values (or, with --resume, over the resumed run's)."""
+    if args.epochs is not None and args.iterations is not None:
+        raise ReslabError("--epochs and --iterations both set the run's length: give one")
     given = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
     if args.resume:
         given.pop("resume", None)
+        if args.iterations is not None:  # the new length, over an --epochs run's
+            given["epochs"] = None
         out = given.pop("out", None) or f"runs/{args.model or TrainConfig.model}"
-        return TrainConfig.for_resume(out, **given)
-    return TrainConfig(**given)
+        cfg = TrainConfig.for_resume(out, **given)
+    else:
+        cfg = TrainConfig(**given)
+    if args.compile_mode is not None and not cfg.compile:
+        raise ReslabError(f"--compile-mode {args.compile_mode} takes effect with --compile: "
+                          "add --compile, or drop --compile-mode")
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:

@@ -57,6 +57,29 @@ def is_finite_model(model: nn.Module) -> bool:
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
 
 
+def precision_history(run_json: Path, precision: str, start: int) -> list[dict]:
+    """run.json's `precision_history`: [{"iteration", "precision"}, ...], one entry per
+    change. A resume (`start` > 0) extends the previous run.json's list (or its single
+    `precision`) with {start, precision} when the precision changes, so a run trained
+    partly in fp32 and partly in bf16 says so."""
+    history: list[dict] = []
+    if start > 0:
+        try:
+            before = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            before = None
+        if isinstance(before, dict):
+            old = before.get("precision_history")
+            if isinstance(old, list) and all(isinstance(h, dict) for h in old):
+                history = [h for h in old if isinstance(h.get("iteration"), int)
+                           and h["iteration"] < start]
+            elif isinstance(before.get("precision"), str):
+                history = [{"iteration": 0, "precision": before["precision"]}]
+    if not history or history[-1].get("precision") != precision:
+        history.append({"iteration": start, "precision": precision})
+    return history
+
+
 class RunLog:
     """Writes what a run produces into `out`; `on_eval` is the loop's one call per
     evaluation, `on_log` its one call per log step."""
@@ -69,6 +92,8 @@ class RunLog:
         self.writer = self.bar = None
         if not main:
             return
+        info["precision_history"] = precision_history(out / "run.json", info["precision"],
+                                                      start)
         atomic_write_json(out / "run.json", info)
         if tensorboard:
             try:
