@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from reslab.cli.image_limit import add_max_image_pixels
 from reslab.data import load_image_data
 from reslab.data.imagenet import ImageFolderDataset
 from reslab.engine import PRECISIONS, make_engine
@@ -70,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help='print {"top1_error": ..., "top5_error": ..., "images": ..., '
                    '"precision": ...}')
+    add_max_image_pixels(p)
     p.set_defaults(func=run)
 
 

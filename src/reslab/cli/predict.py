@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 
+from reslab.cli.image_limit import add_max_image_pixels
+from reslab.data.decode import decode_image_file
 from reslab.engine import make_engine
-from reslab.errors import ReslabError
 from reslab.inference import load_model
 
 
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--device", default="auto")
+    add_max_image_pixels(p)
     p.set_defaults(func=run)
 
 
@@ -34,10 +35,7 @@ def run(args: argparse.Namespace) -> int:
     model = engine.prepare(loaded.model).eval()
     size = loaded.input_size or (loaded.crop or 32, loaded.crop or 32)
     for path in args.images:
-        try:
-            img = decode_image(read_file(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError) as e:
-            raise ReslabError(f"cannot read image {path}: {str(e).splitlines()[0]}") from None
+        img = decode_image_file(path)  # uint8 RGB; 16-bit scaled; too many pixels refused
         if tuple(img.shape[-2:]) != size:
             img = TF.resize(img, list(size), antialias=True)
         with torch.no_grad():

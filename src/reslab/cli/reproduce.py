@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reslab.cli.image_limit import add_max_image_pixels
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.experiments import (
@@ -82,6 +83,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="skip unreadable training images with a warning (as for `reslab "
+                   "train`); a class left without images is still an error")
+    add_max_image_pixels(p)
     p.set_defaults(func=run)
 
 
@@ -118,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
                  precision=args.precision, jobs=args.jobs, classes=args.classes,
                  images_per_class=args.images_per_class,
                  scale=tuple(args.scale) if args.scale else None, crop=args.crop,
-                 test_resize=args.test_resize, workers=args.workers)
+                 test_resize=args.test_resize, workers=args.workers,
+                 skip_corrupt=args.skip_corrupt)
     outcome = reproduce(args.experiment, s)
     if outcome.status != "finished":
         print(f"reslab reproduce: {outcome.message}", file=sys.stderr)

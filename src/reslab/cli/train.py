@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 
+from reslab.cli.image_limit import add_max_image_pixels
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.train.distributed import shutdown_process_group
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar")
+    add_max_image_pixels(p)
     p.set_defaults(func=run)
 
 

@@ -1,14 +1,17 @@
 """Image folders (`ROOT/train/<class>/*`, `ROOT/test/<class>/*` or `ROOT/val/<class>/*`),
 as a directory or a `.tar` / `.tar.gz` / `.tgz` of one, possibly under one top folder.
 
-Every image is decoded once (torchvision.io, RGB) into a uint8 tensor and the result is
+Every image is decoded once (`reslab.data.decode`: RGB, 16-bit images scaled to 8 bits,
+images over the pixel limit refused before decoding) into a uint8 tensor and the result is
 cached in `reslab_home()/cache/<key>.pt`, the key hashing the source's absolute path,
-size and mtime, so a second run reads one file instead of decoding again. Images are
+size and mtime (and the pixel limit), so a second run reads one file instead of decoding
+again. Images are
 kept at their size (CIFAR-like folders, Sec. 4.2): all images must share one size.
 
 Directories are scanned by `reslab.data.scan` (as ImageNet folders are): files named
 like images that are not regular files (FIFOs, broken links, ...) are never opened, a
-class folder without images is an error, and every split must have train/'s classes.
+class folder without images is an error, every split must have train/'s classes, and
+symbolic links leading outside the folder are skipped with a warning.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
 
 from reslab.atomic_write import atomic_torch_save
 from reslab.data.dataset import ImageData, ImageSplit
+from reslab.data.decode import decode_image_bytes, max_image_pixels
 from reslab.data.home import reslab_home
 from reslab.data.scan import (
     IMAGE_EXTENSIONS,
@@ -41,7 +44,7 @@ from reslab.errors import ReslabError
 __all__ = ["IMAGE_EXTENSIONS", "find_folder_root", "load_image_folder", "tar_looks_like_folder"]
 
 SPLITS = ("train", "test", "val")
-CACHE_FORMAT = "reslab-image-cache-v1"
+CACHE_FORMAT = "reslab-image-cache-v2"  # v1 wrapped 16-bit images modulo 256
 
 # (class, file name shown to the user, source: Path or bytes)
 _Item = tuple[str, str, "Path | bytes"]
@@ -58,10 +61,8 @@ class _Listing:
 
 
 def _decode(data: bytes, name: str) -> torch.Tensor:
-    """Decode one image file's bytes to uint8 (3, H, W). Raises on corrupt data."""
-    return decode_image(
-        torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
-    )
+    """Decode one image file's bytes to uint8 RGB (3, H, W); ReslabError naming `name`."""
+    return decode_image_bytes(data, name)
 
 
 def _is_image(name: str) -> bool:
@@ -93,7 +94,7 @@ def _dir_listing(root: Path, skip_corrupt: bool) -> _Listing:
         sdir = root / split
         if not sdir.is_dir():
             continue
-        scan = scan_split(sdir, skip_corrupt=skip_corrupt)
+        scan = scan_split(sdir, skip_corrupt=skip_corrupt, data_root=root)
         listing.classes[split] = scan.classes
         listing.items[split] = [(scan.classes[i], p, Path(p)) for p, i in scan.samples]
         listing.skipped += scan.skipped
@@ -166,7 +167,7 @@ def _source_key(path: Path) -> str:
     h = hashlib.sha256(CACHE_FORMAT.encode())
     path = path.resolve()
     st = path.stat()
-    h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+    h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{max_image_pixels()}".encode())
     if path.is_dir():
         # A directory's own mtime misses edits deeper down: hash every file's stat (of
         # the link itself when its target is missing).
@@ -211,13 +212,8 @@ def _decode_all(listing: _Listing, source: Path, skip_corrupt: bool, progress: b
                  "test_name": test_name}
     shape: tuple[int, ...] | None = None
     first_name = ""
-    with (
-        tqdm(total=total, desc=f"decoding {source.name}", unit="img", disable=not progress) as bar,
-        warnings.catch_warnings(),
-    ):
-        # torchvision 0.29 deprecates its decoders (in favour of TorchCodec) with one
-        # warning per call; they still work, so keep that noise out of the user's way.
-        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+    with tqdm(total=total, desc=f"decoding {source.name}", unit="img",
+              disable=not progress) as bar:
         for split in want:
             items = sorted(by_split[split], key=lambda t: (class_index[t[0]], t[1]))
             images: torch.Tensor | None = None
@@ -230,9 +226,11 @@ def _decode_all(listing: _Listing, source: Path, skip_corrupt: bool, progress: b
                     img = _decode(data, shown)
                 except Exception as e:
                     if not skip_corrupt:
+                        why = (str(e) if isinstance(e, ReslabError) else
+                               f"cannot decode image {shown} ({type(e).__name__}: {e})")
                         raise ReslabError(
-                            f"cannot decode image {shown} ({type(e).__name__}: {e}); fix or "
-                            "delete it, or pass skip_corrupt=True (--skip-corrupt) to skip it"
+                            f"{why}; fix or delete it, or pass skip_corrupt=True "
+                            "(--skip-corrupt) to skip it"
                         ) from None
                     warnings.warn(f"skipping unreadable image {shown}", stacklevel=2)
                     out["skipped"].append(shown)

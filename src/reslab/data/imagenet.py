@@ -6,7 +6,8 @@ flip, the per-pixel mean is subtracted, and AlexNet's PCA colour ("lighting") no
 added. Testing: a 224x224 centre crop of the image resized to shorter side 256 (the
 10-crop and multi-scale protocols live in `reslab.evaluate`).
 
-Images are decoded with `torchvision.io.decode_image` to uint8 tensors; the geometric
+Images are decoded by `reslab.data.decode` (torchvision.io, after a check of the header's
+pixel count; 16-bit images scaled to 8 bits) to uint8 tensors; the geometric
 transforms (resize, crop, flip) run on uint8 (less memory traffic, the uint8 antialiased
 resize kernel) and only the 224x224 crop is converted to float.
 """
@@ -20,12 +21,12 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from reslab.data.augment import Preprocess, per_channel_mean_std, per_pixel_mean
-from reslab.data.scan import class_folders, read_regular_file, scan_split
+from reslab.data.decode import decode_image_file
+from reslab.data.scan import class_folders, scan_split
 from reslab.errors import ReslabError
 
 # AlexNet's (Krizhevsky et al. 2012) principal components of ImageNet RGB pixels, in [0, 1]
@@ -268,19 +269,9 @@ def imagenet_eval_transform(
     return v2.Compose(steps)
 
 
-def decode_image_file(path: str | os.PathLike) -> torch.Tensor:
-    """Decode an image file to a uint8 RGB tensor (3, H, W); ReslabError naming the file
-    when it cannot be read or decoded (a FIFO or device is refused without blocking)."""
-    try:
-        data = read_regular_file(path)
-        return decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as e:
-        raise ReslabError(f"cannot decode image {path}: {e}; remove or replace the file") from e
-
-
 class ImageFolderDataset(Dataset):
     """An ImageNet-layout folder split (`ROOT/train/<class>/*.JPEG`) decoded with
-    `torchvision.io.decode_image` to uint8 RGB tensors (3, H, W), then `transform`.
+    `reslab.data.decode.decode_image_file` to uint8 RGB tensors (3, H, W), then `transform`.
 
     Items are `(image, label)`; `classes`, `class_to_idx`, `samples` (`(path, label)`
     tuples), `targets` and `loader` as in torchvision's ImageFolder. The folder is read by
@@ -289,7 +280,8 @@ class ImageFolderDataset(Dataset):
     file (FIFO, broken link) raises ReslabError naming it. `classes` is the class list the
     split must have; by default a `val/` or `test/` beside a `train/` folder must have
     train's class folders (a label is its class's position in the sorted list, so one
-    missing class would shift every label after it).
+    missing class would shift every label after it). Symbolic links are followed only inside
+    the data set (the folder holding `train/`, `val/` for such a split; else `root`).
 
     A corrupt image raises ReslabError naming it when loaded. With `skip_corrupt`, the scan
     skips non-files (with a warning) and a corrupt image is replaced, with a warning, by
@@ -310,7 +302,9 @@ class ImageFolderDataset(Dataset):
         classes_of = "the training split"
         if classes is None:
             classes, classes_of = self._train_beside(root)
-        scan = scan_split(root, skip_corrupt=skip_corrupt, classes=classes, classes_of=classes_of)
+        parent, name = os.path.split(os.path.normpath(root))
+        scan = scan_split(root, skip_corrupt=skip_corrupt, classes=classes, classes_of=classes_of,
+                          data_root=parent if name in ("train", "val", "test") else root)
         self.root = root
         self.classes = scan.classes
         self.class_to_idx = {c: i for i, c in enumerate(scan.classes)}
@@ -370,9 +364,9 @@ class ImageFolderDataset(Dataset):
         path, target = self.samples[index]
         try:
             image = self.loader(path)
-        except ReslabError:
+        except ReslabError as e:
             if not self.skip_corrupt:
-                raise
+                raise ReslabError(f"{e}; remove or replace the file") from None
             image, target = self._replacement(index)
         if self.transform is not None:
             image = self.transform(image)

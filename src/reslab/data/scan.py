@@ -7,6 +7,9 @@ images are never opened (opening a FIFO blocks forever): FIFOs, sockets, devices
 broken symbolic links raise ReslabError naming them, or with `skip_corrupt` are skipped
 with one warning. A class folder without images is an error even with `skip_corrupt`:
 dropping it would silently change the number of classes and every label after it.
+Symbolic links inside a class folder are followed only when they lead inside the data set
+(its root folder, or the folder a class folder links to): others are skipped with one
+warning that counts them, so a link cannot add images from elsewhere on the disk.
 """
 
 from __future__ import annotations
@@ -134,10 +137,16 @@ class SplitScan:
     skipped: list[str] = field(default_factory=list)
 
 
-def _walk(top: str, label: int, samples: list, problems: list) -> None:
+def _inside(path: str, roots: Sequence[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def _walk(top: str, label: int, samples: list, problems: list, inside: Sequence[str],
+          outside: list) -> None:
     """Append `top`'s images (recursively, sorted, links followed once) to `samples`, and
     `(path, what is wrong)` of image-named entries that are not regular files (and of
-    folders that cannot be listed) to `problems`."""
+    folders that cannot be listed) to `problems`. Symbolic links (to images or folders)
+    whose target is not under one of the real paths `inside` go to `outside`, unfollowed."""
     seen: set[tuple[int, int]] = set()
     stack = [top]
     while stack:
@@ -158,6 +167,10 @@ def _walk(top: str, label: int, samples: list, problems: list) -> None:
             if name.startswith("."):
                 continue
             try:
+                if e.is_symlink() and not _inside(os.path.realpath(e.path), inside):
+                    if is_image_name(name) or e.is_dir():
+                        outside.append(e.path)
+                    continue
                 if is_image_name(name) and e.is_file():  # follows links; no stat if plain
                     samples.append((e.path, label))
                 elif e.is_dir():
@@ -175,15 +188,20 @@ def scan_split(
     skip_corrupt: bool = False,
     classes: Sequence[str] | None = None,
     classes_of: str = "the training split",
+    data_root: str | os.PathLike | None = None,
 ) -> SplitScan:
     """Scan `root/<class>/...` for images.
 
     `classes`: the class list the split must have (e.g. the training split's, named by
     `classes_of` in the message). Image-named entries that are not regular files raise
     ReslabError naming them, or with `skip_corrupt` are skipped with a warning; a class
-    folder left without images raises ReslabError in either case.
+    folder left without images raises ReslabError in either case. Symbolic links are
+    followed only to targets inside `data_root` (default `root`; e.g. the folder holding
+    train/ and val/) or inside the real folder of their class; the others are skipped
+    with a warning that counts them.
     """
     root = os.fspath(root)
+    base = os.path.realpath(root if data_root is None else data_root)
     names = class_folders(root)
     if not names:
         raise ReslabError(f"no class folders in {root}: expected {root}/<class>/<image>")
@@ -191,12 +209,21 @@ def scan_split(
         check_same_classes(root, names, classes_of, classes)
     samples: list[tuple[str, int]] = []
     problems: list[tuple[str, str]] = []
+    outside: list[str] = []
     empty = []
     for label, name in enumerate(names):
         before = len(samples)
-        _walk(os.path.join(root, name), label, samples, problems)
+        top = os.path.join(root, name)
+        _walk(top, label, samples, problems, (base, os.path.realpath(top)), outside)
         if len(samples) == before:
             empty.append(name)
+    if outside:
+        warnings.warn(
+            f"skipping {len(outside)} symbolic links in {root} that point outside the data "
+            f"set {base} (e.g. {outside[0]} -> {os.path.realpath(outside[0])}): links are "
+            "followed only inside it; copy the files in to use them",
+            stacklevel=2,
+        )
     if problems and not skip_corrupt:
         path, wrong = problems[0]
         more = f" ({len(problems)} such entries in all)" if len(problems) > 1 else ""

@@ -65,7 +65,8 @@ def reproduce(name: str, s: Settings) -> Outcome:
     if s.recipe == "imagenet":
         data = folder_info(s)
     else:
-        data = load_image_data(s.data, root=s.data_root, progress=s.progress)
+        data = load_image_data(s.data, root=s.data_root, progress=s.progress,
+                               skip_corrupt=s.skip_corrupt)
     try:
         outcomes = run_sweep(runs, None if s.recipe == "imagenet" else data, jobs=s.jobs)
     except SweepInterrupted as e:

@@ -55,8 +55,9 @@ def plan_runs(s: Settings, runs: tuple[tuple[str, str, str | None], ...]) -> lis
 
 def folder_info(s: Settings) -> DataInfo:
     """Counts of the image folder as the runs see it (with --classes/--images-per-class)."""
-    train = ImageFolderDataset(os.path.join(s.data, "train")).restrict(
-        s.classes, s.images_per_class)
+    train = ImageFolderDataset(os.path.join(s.data, "train"),
+                               skip_corrupt=s.skip_corrupt).restrict(s.classes,
+                                                                     s.images_per_class)
     val = ImageFolderDataset(os.path.join(s.data, "val")).restrict(s.classes)
     return DataInfo(s.data, list(train.classes), len(train), len(val))
 

@@ -28,7 +28,7 @@ from reslab.train.schedule import PAPER_ITERATIONS
 #: (`recipes.RESUMABLE_CHANGES`): a sweep also holds the length, the evaluation points and
 #: the precision (compared as resolved) fixed, since its report compares runs by them.
 ENGINE_FIELDS = ("resume", "progress", "device", "tensorboard", "workers", "data_root",
-                 "eval_batch_size", "log_every")
+                 "eval_batch_size", "log_every", "skip_corrupt")
 
 
 @dataclass
@@ -58,6 +58,7 @@ class Settings:
     crop: int | None = None
     test_resize: int | None = None
     workers: int | None = None
+    skip_corrupt: bool = False  # skip unreadable training images (TrainConfig.skip_corrupt)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -125,7 +126,7 @@ def make_config(s: Settings, label: str, model: str, seed: int = 0,
     common = dict(model=model, shortcut=shortcut, data=s.data, out=str(s.out / "runs" / label),
                   iterations=iterations, batch_size=s.batch, seed=seed, device=s.device,
                   eval_every=max(1, iterations // s.eval_points), progress=s.progress,
-                  precision=s.precision)
+                  precision=s.precision, skip_corrupt=s.skip_corrupt)
     if s.recipe == "imagenet":  # Sec. 3.4, at the sizes and subset asked for
         cfg = TrainConfig.imagenet(scale=s.scale, crop=s.crop, test_resize=s.test_resize,
                                    workers=s.workers, classes=s.classes,
