@@ -113,7 +113,9 @@ class BoxTally:
                 f"dropped {self.dropped} boxes outside it, of zero or negative size or with "
                 f"non-finite coordinates (first in {self.first})", stacklevel=3)
         if self.skipped:
-            warnings.warn(f"{source}: skipped {len(self.skipped)} bad entries (skip_bad): "
+            n = len(self.skipped)
+            warnings.warn(f"{source}: skipped {n} bad {'entry' if n == 1 else 'entries'} "
+                          "(skip_bad): "
                           + "; ".join(self.skipped[:3])
                           + (" ..." if len(self.skipped) > 3 else ""), stacklevel=3)
 

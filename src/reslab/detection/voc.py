@@ -159,7 +159,10 @@ def _read_annotation(root: Path, vid: str, image_id: int, class_index: dict[str,
     width = int(_number(size, "width", where)) if size is not None else 0
     height = int(_number(size, "height", where)) if size is not None else 0
     if width <= 0 or height <= 0:  # no size written: take it from the image's header
-        width, height, _ = image_size(read_regular_file(path), str(path))
+        try:
+            width, height, _ = image_size(read_regular_file(path), str(path))
+        except (ReslabError, OSError) as e:
+            raise _Bad(f"{where} gives no size and {e}") from None
     boxes, labels, difficult = [], [], []
     for obj in tree.iter("object"):
         name = _text(obj, "name", where)
