@@ -160,7 +160,8 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def image(self, i: int) -> torch.Tensor:
         """Image i, uint8 RGB (3, H, W); ReslabError naming the file if it cannot be
-        decoded or its size differs from its annotation's."""
+        decoded or its size differs from its annotation's. An image held in memory (the
+        synthetic set) is returned as stored: do not modify it in place."""
         r = self.records[i]
         if self._images is not None:
             return self._images[i]

@@ -122,15 +122,15 @@ def coco_results(dataset: DetectionDataset, detections: Sequence[dict]) -> list[
     w, h], "score"}], with the dataset's image ids and original category ids (bbox rounded
     to 0.01 pixel, score to 1e-6)."""
     dets = _as_numpy(detections, len(dataset), dataset.num_classes)
+    category_ids = np.asarray(dataset.category_ids)
     out = []
     for r, d in zip(dataset.records, dets, strict=True):
-        for (x1, y1, x2, y2), score, label in zip(d["boxes"].tolist(), d["scores"].tolist(),
-                                                  d["labels"].tolist(), strict=True):
-            out.append({"image_id": r.image_id,
-                        "category_id": dataset.category_ids[label - 1],
-                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2),
-                                 round(y2 - y1, 2)],
-                        "score": round(score, 6)})
+        xywh = d["boxes"].copy()
+        xywh[:, 2:] -= xywh[:, :2]
+        for box, score, cat in zip(np.round(xywh, 2).tolist(), np.round(d["scores"], 6).tolist(),
+                                   category_ids[d["labels"] - 1].tolist(), strict=True):
+            out.append({"image_id": r.image_id, "category_id": cat, "bbox": box,
+                        "score": score})
     return out
 
 
