@@ -51,3 +51,38 @@ def plot_error_curves(
         fig.savefig(buf, format="png")
         plt.close(fig)
         atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_detection_curves(records: Sequence[Mapping], path: str | os.PathLike,
+                          title: str = "") -> None:
+    """A detection run's curves into a PNG at `path` (written atomically): training loss
+    (dashed, left axis; the sum of the RPN and detector losses) and mAP@.5 and
+    mAP@[.5:.95] (bold, right axis, %) against iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
+    its = [r["iteration"] for r in records]
+    ax.plot(its, [r.get("train_loss") for r in records], "--", color="C0", linewidth=1,
+            label="training loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training loss")
+    right = ax.twinx()
+    for key, label, color in (("map50", "mAP@.5", "C1"), ("map", "mAP@[.5:.95]", "C2")):
+        pts = [(r["iteration"], 100 * r[key]) for r in records if r.get(key) is not None]
+        if pts:
+            right.plot(*zip(*pts, strict=True), "-", color=color, linewidth=2, label=label)
+    right.set_ylabel("mAP (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

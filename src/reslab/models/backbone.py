@@ -46,8 +46,9 @@ class C5Backbone(nn.Module):
         return self.body(x)
 
 
-def _freeze_bn(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by a FrozenBatchNorm2d with the same statistics."""
+def freeze_bn(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by a FrozenBatchNorm2d with the same statistics and affine
+    parameters, in place (Appendix A: BN is a fixed affine map when fine-tuning)."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
@@ -55,8 +56,22 @@ def _freeze_bn(module: nn.Module) -> nn.Module:
                 getattr(frozen, t).copy_(getattr(child, t).detach())
             setattr(module, name, frozen)
         else:
-            _freeze_bn(child)
+            freeze_bn(child)
     return module
+
+
+def freeze_layers(model: nn.Module, trainable_layers: int) -> nn.Module:
+    """Keep only the top `trainable_layers` of layer4, layer3, layer2, layer1, conv1 (with
+    bn1) trainable, as torchvision's `resnet_fpn_backbone`; in place."""
+    if not 0 <= trainable_layers <= 5:
+        raise ReslabError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    trainable = _TRAINABLE_ORDER[:trainable_layers]
+    if trainable_layers == 5:
+        trainable = (*trainable, "bn1")
+    for pname, p in model.named_parameters():
+        if not pname.startswith(trainable):
+            p.requires_grad_(False)
+    return model
 
 
 def _stage_channels(model: nn.Module, k: int) -> int:
@@ -104,15 +119,18 @@ def create_backbone(
     if weights is not None:
         load_weights(model, weights)
     if frozen_bn:
-        _freeze_bn(model)
-    trainable = _TRAINABLE_ORDER[:trainable_layers]
-    if trainable_layers == 5:
-        trainable = (*trainable, "bn1")
-    for pname, p in model.named_parameters():
-        if not pname.startswith(trainable):
-            p.requires_grad_(False)
+        freeze_bn(model)
+    freeze_layers(model, trainable_layers)
     if not fpn:
         return C5Backbone(model)
+    return fpn_backbone(model, returned, fpn_channels)
+
+
+def fpn_backbone(model: nn.Module, returned_layers: Sequence[int] = (1, 2, 3, 4),
+                 fpn_channels: int = 256) -> BackboneWithFPN:
+    """torchvision's `BackboneWithFPN` over the stages `returned_layers` (1..4 = C2..C5)
+    of a built ImageNet net, plus a max-pooled level (fasterrcnn_resnet50_fpn's)."""
+    returned = list(returned_layers)
     stage_channels = [_stage_channels(model, k) for k in returned]
     return BackboneWithFPN(
         model,

@@ -82,7 +82,10 @@ def precision_history(run_json: Path, precision: str, start: int) -> list[dict]:
 
 class RunLog:
     """Writes what a run produces into `out`; `on_eval` is the loop's one call per
-    evaluation, `on_log` its one call per log step."""
+    evaluation, `on_log` its one call per log step. What a record holds is the task's: a
+    subclass (detection's) sets `scalars` and overrides `summary` and `plot_curves`."""
+
+    scalars: tuple[str, ...] = SCALARS  # a record's values written to TensorBoard
 
     def __init__(self, out: Path, info: dict[str, Any], records: list[dict], title: str,
                  total: int, start: int, main: bool = True, progress: bool = True,
@@ -135,15 +138,24 @@ class RunLog:
             checkpoint.save(self.out / "best.pt")
         self.save_last(checkpoint)
         if self.writer is not None:
-            for key in SCALARS:
-                self.writer.add_scalar(key, record[key], record["iteration"])
+            for key in self.scalars:
+                if record.get(key) is not None:
+                    self.writer.add_scalar(key, record[key], record["iteration"])
             self.writer.flush()
+        self.plot_curves()
+        self.write(self.summary(record))
+
+    def plot_curves(self) -> None:
+        """curves.png: training (dashed) and test (bold) error against iterations."""
         plot_error_curves({self.info["model_spec"]["name"]: self.records},
                           self.out / "curves.png", title=self.title)
-        self.write(f"iter {record['iteration']}: train err {100 * record['train_error']:.2f}% "
-                   f"loss {record['train_loss']:.3f} | {record['eval_split']} err "
-                   f"{100 * record['test_error']:.2f}% loss {record['test_loss']:.3f} | "
-                   f"{record['images_per_sec']:.0f} img/s")
+
+    def summary(self, record: dict) -> str:
+        """The line written for the user at each evaluation."""
+        return (f"iter {record['iteration']}: train err {100 * record['train_error']:.2f}% "
+                f"loss {record['train_loss']:.3f} | {record['eval_split']} err "
+                f"{100 * record['test_error']:.2f}% loss {record['test_loss']:.3f} | "
+                f"{record['images_per_sec']:.0f} img/s")
 
     def save_last(self, checkpoint: Checkpoint) -> None:
         if self.main:
