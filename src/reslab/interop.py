@@ -26,6 +26,7 @@ from reslab.atomic_write import atomic_write, atomic_write_bytes, atomic_write_v
 from reslab.errors import ReslabError
 from reslab.models.blocks import ZeroPadShortcut
 from reslab.models.registry import build, spec_from_dict
+from reslab.models.weights import WEIGHTS_FORMAT, as_checkpoint, get_weights, is_weights_name
 
 CHECKPOINT_FORMAT = "reslab-checkpoint-v1"
 SAFETENSORS_FORMAT = "reslab-safetensors-v1"
@@ -57,8 +58,12 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint or weights file safely: safetensors, or `torch.load(weights_only=True)`.
 
     A safetensors file comes back as a state_dict with, when reslab wrote it, its
-    metadata under the key `"__metadata__"` (a dict of strings).
+    metadata under the key `"__metadata__"` (a dict of strings); a reslab weights file
+    (`reslab.models.weights`) as a checkpoint. A registry name `NAME:MODEL` (e.g.
+    cifar10-jpeg75:resnet20) that is not a file reads that entry's file, sha256-checked.
     """
+    if is_weights_name(os.fspath(path)) and not os.path.exists(path):
+        return get_weights(os.fspath(path)).read()
     path = Path(path)
     if not path.is_file():
         raise ReslabError(f"weights file not found: {path}")
@@ -72,6 +77,8 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise ReslabError(f"cannot read {path} as safetensors: {e}") from None
+        if meta.get("format") == WEIGHTS_FORMAT:
+            return as_checkpoint(state, meta, path)
         if meta:
             state["__metadata__"] = dict(meta)
         return state

@@ -14,7 +14,8 @@ from reslab import __version__
 from reslab.errors import ReslabError
 
 #: subcommand modules under reslab.cli, in `--help` order.
-COMMANDS = ("models", "info", "train", "eval", "predict", "export", "reproduce", "responses")
+COMMANDS = ("models", "weights", "info", "train", "eval", "predict", "export", "reproduce",
+            "responses")
 
 
 def build_parser() -> argparse.ArgumentParser:

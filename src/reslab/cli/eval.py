@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=None, help="network name (optional for reslab checkpoints)")
     p.add_argument("--weights", required=True, nargs="+", metavar="W",
-                   help="checkpoint, state_dict or safetensors file; several: an ensemble")
+                   help="checkpoint, state_dict or safetensors file, or a registry name "
+                   "such as cifar10-jpeg75:resnet20 (`reslab weights`); several: an ensemble")
     p.add_argument("--data", default="cifar10", help="as for `reslab train`")
     p.add_argument("--data-root", default=None)
     p.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),

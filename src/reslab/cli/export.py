@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", default="auto",
                    help="model name, e.g. resnet50, resnet20; 'auto' (default): from the "
                    "reslab checkpoint's model spec")
-    p.add_argument("--weights", required=True, help="weights or checkpoint file")
+    p.add_argument("--weights", required=True,
+                   help="weights or checkpoint file, or a registry name such as "
+                   "cifar10-jpeg75:resnet20 (`reslab weights`)")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
     p.add_argument("--out", default=None,
                    help="output file (default: beside the weights, e.g. W.onnx); a folder "
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 
     weights = Path(args.weights)
-    default_name = weights.name.split(".")[0] + EXPORT_SUFFIXES[args.format]
+    default_name = weights.name.split(".")[0].replace(":", "-") + EXPORT_SUFFIXES[args.format]
     if args.out and Path(args.out).is_dir():  # checked before the weights are read
         raise ReslabError(f"--out {args.out} is a folder: give the output file, e.g. "
                           f"--out {Path(args.out) / default_name}")

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "reslab checkpoint's network, preprocessing and class names. Images are resized "
         "to the checkpoint's input size (32x32 for CIFAR nets).",
     )
-    p.add_argument("--weights", required=True, help="a reslab checkpoint (best.pt, last.pt)")
+    p.add_argument("--weights", required=True, help="a reslab checkpoint (best.pt, last.pt) or a "
+                   "registry name such as cifar10-jpeg75:resnet20 (`reslab weights`)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--device", default="auto")

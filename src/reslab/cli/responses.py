@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "preprocessing (Figure 7, Sec. 4.2).",
     )
     p.add_argument("--model", default=None, help="network name (optional for reslab checkpoints)")
-    p.add_argument("--weights", required=True, help="checkpoint, state_dict or safetensors file")
+    p.add_argument("--weights", required=True, help="checkpoint, state_dict or safetensors file, "
+                   "or a registry name such as cifar10-jpeg75:resnet20 (`reslab weights`)")
     p.add_argument("--data", default="cifar10", help="as for `reslab train`")
     p.add_argument("--data-root", default=None)
     p.add_argument("--batch-size", type=int, default=500)

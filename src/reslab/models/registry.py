@@ -164,6 +164,7 @@ def create_model(
     num_classes: int | None = None,
     shortcut: str | None = None,
     stride_in_1x1: bool | None = None,
+    weights: str | None = None,
 ) -> nn.Module:
     """Build a network of the paper by name.
 
@@ -174,5 +175,12 @@ def create_model(
             for ImageNet nets, as the paper uses them. Must be None for plain nets.
         stride_in_1x1: bottleneck stride placement; True (default) is the paper's,
             False is torchvision's. No effect on basic-block nets.
+        weights: a name of reslab's weights registry for this network, e.g.
+            "cifar10-jpeg75" (or "cifar10-jpeg75:resnet20"); `reslab weights` lists them
+            and docs/weights.md describes them. Checked by sha256; options must agree.
     """
+    if weights is not None:
+        from reslab.models.weights import model_with_weights  # reads files: only when asked
+
+        return model_with_weights(name, weights, num_classes, shortcut, stride_in_1x1)
     return build(resolve(name, num_classes, shortcut, stride_in_1x1))
