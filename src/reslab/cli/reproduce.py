@@ -4,6 +4,7 @@ Table 6, the shortcut options) and ImageNet (Tables 2-5, Figure 4)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from reslab.cli.image_limit import add_max_image_pixels
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=None, help="where cifar10 lives")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--budget", type=float, default=1.0,
-                   help="fraction of the paper's 64k iterations per run (default 1.0)")
+                   help="fraction of the paper's 64k iterations per run, in (0, 10] "
+                   "(default 1.0)")
     p.add_argument("--seeds", type=int, default=1,
                    help="table6: runs per net; reports best and mean +- std (default 1); "
                    "precision: runs per net and precision (>= 2; 3+ advised)")
@@ -87,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip unreadable training images with a warning (as for `reslab "
                    "train`); a class left without images is still an error")
     add_max_image_pixels(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, reproduce_parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,8 +129,28 @@ def run(args: argparse.Namespace) -> int:
                  skip_corrupt=args.skip_corrupt)
     outcome = reproduce(args.experiment, s)
     if outcome.status != "finished":
-        print(f"reslab reproduce: {outcome.message}", file=sys.stderr)
-        return 130
+        print(f"reslab reproduce: {outcome.message}: {command_line(args)}", file=sys.stderr)
+        return 128 + outcome.signal if outcome.signal else 130
     if outcome.report is not None:  # under torchrun, rank 0 reports
         print(f"done: report in {outcome.report}")
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The `reslab reproduce ...` command that `args` came from (the flags that differ from
+    their defaults), to continue an interrupted sweep."""
+    words = ["reslab", "reproduce", args.experiment]
+    for action in args.reproduce_parser._actions:
+        if not action.option_strings or action.dest in ("help", "reproduce_parser"):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        if action.nargs == 0:  # store_true/false/const: the flag itself when it is the value
+            if value == action.const:
+                words.append(action.option_strings[0])
+        elif isinstance(value, (list, tuple)):
+            words += [action.option_strings[0], *map(str, value)]
+        else:
+            words += [action.option_strings[0], str(value)]
+    return shlex.join(words)

@@ -37,6 +37,7 @@ class Outcome:
     status: str
     report: Path | None = None
     message: str = ""
+    signal: int | None = None  # the stop signal of an interrupted sweep (SIGINT, SIGTERM)
 
 
 def _module(name: str):
@@ -70,8 +71,8 @@ def reproduce(name: str, s: Settings) -> Outcome:
     try:
         outcomes = run_sweep(runs, None if s.recipe == "imagenet" else data, jobs=s.jobs)
     except SweepInterrupted as e:
-        return Outcome("interrupted", None, f"{e}; its checkpoint is saved. Re-run the same "
-                       "command to continue (finished runs are reused).")
+        return Outcome("interrupted", None, f"{e}. Re-run the same command to continue "
+                       "(finished runs are reused)", e.signum)
     if not is_main_process():  # under torchrun, rank 0 evaluates and reports
         return Outcome("finished", None)
     report = module.report(s, outcomes, data)

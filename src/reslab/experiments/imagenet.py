@@ -7,18 +7,26 @@ first `--classes` classes and `--images-per-class` images if asked (then the rep
 plainly that its numbers are not the paper's), at `--scale/--crop/--test-resize`. The
 multi-scale test sizes follow the crop: the paper's {224, 256, 384, 480, 640} at crop 224,
 scaled in proportion for smaller crops.
+
+A run's evaluation is cached in runs/<label>/eval-<protocol>.json under a key of what it
+was computed on: the weights (last.pt's size and modification time), the validation
+images (their number and a fingerprint of their paths, labels, sizes and times), the
+protocol and the precision; any change recomputes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from pathlib import Path
 
 import torch
 
 from reslab.atomic_write import atomic_write_json
 from reslab.data.imagenet import ImageFolderDataset
-from reslab.engine import make_engine
+from reslab.engine import Engine, make_engine
+from reslab.errors import ReslabError
 from reslab.experiments.report import DataInfo, Report, md_table
 from reslab.experiments.sweep import RunOutcome, RunSpec, Settings, make_config
 from reslab.inference import LoadedModel, errors_of, imagenet_scores, load_model
@@ -71,12 +79,12 @@ def _val(s: Settings, loaded: LoadedModel) -> ImageFolderDataset:
     return ImageFolderDataset(os.path.join(s.data, "val")).restrict(loaded.classes)
 
 
-def protocol_scores(s: Settings, loaded: LoadedModel, protocol: str) -> tuple[torch.Tensor,
-                                                                              torch.Tensor]:
+def protocol_scores(s: Settings, loaded: LoadedModel, protocol: str,
+                    engine: Engine | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities N x K, labels) of the run's val images: "10crop" (Tables 2-3) or
     "multiscale" (Table 4, fully convolutional, scores averaged over the scales)."""
     val = _val(s, loaded)
-    engine = make_engine(s.device, "auto")
+    engine = engine or make_engine(s.device, "auto")
     workers = s.workers if s.workers is not None else IMAGENET_RECIPE["workers"]
     if protocol == "10crop":
         scores = imagenet_scores(loaded, val, engine, crops=10, workers=workers)
@@ -92,15 +100,56 @@ def _errors(protocol: str, scores: torch.Tensor, labels: torch.Tensor) -> dict:
             "top5_error": 100 * r.top5_error, "images": r.images}
 
 
+def weights_of(o: RunOutcome) -> Path:
+    """The run's last.pt, which the report evaluates; ReslabError if it is gone."""
+    last = o.out / "last.pt"
+    if not last.is_file():
+        raise ReslabError(f"{last} is missing: the {o.label} run's weights, which the report "
+                          f"evaluates (a cached evaluation beside it cannot be checked): "
+                          f"restore it, or delete {o.out} and rerun to train that run again")
+    return last
+
+
+def val_fingerprint(s: Settings) -> dict:
+    """The validation images' identity: their number and a SHA-256 of each one's path
+    (under val/), label, size and modification time."""
+    val = ImageFolderDataset(os.path.join(s.data, "val"))
+    root, digest = os.path.join(s.data, "val"), hashlib.sha256()
+    for path, label in val.samples:
+        st = os.stat(path)
+        digest.update(f"{os.path.relpath(path, root)}\t{label}\t{st.st_size}\t"
+                      f"{st.st_mtime_ns}\n".encode())
+    return {"images": len(val.samples), "sha256": digest.hexdigest()}
+
+
+def cache_key(s: Settings, last: Path, protocol: str, engine: Engine) -> dict:
+    """What an evaluation of `last` under `protocol` depends on (see the module's doc)."""
+    st = last.stat()
+    return {"weights": {"size": st.st_size, "mtime_ns": st.st_mtime_ns},
+            "data": val_fingerprint(s), "protocol": protocol, "precision": engine.precision}
+
+
+def _cached(cache: Path, key: dict) -> dict | None:
+    try:
+        entry = json.loads(cache.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("result"),
+                                                                          dict):
+        return entry["result"]
+    return None
+
+
 def evaluate_run(s: Settings, o: RunOutcome, protocol: str) -> dict:
     """Top-1/top-5 error (%) of the run's final weights under `protocol`, cached in
-    runs/<label>/eval-<protocol>.json (recomputed when last.pt is newer)."""
-    cache = o.out / f"eval-{protocol}.json"
-    last = o.out / "last.pt"
-    if cache.exists() and cache.stat().st_mtime >= last.stat().st_mtime:
-        return json.loads(cache.read_text())
-    result = _errors(protocol, *protocol_scores(s, load_model(last), protocol))
-    atomic_write_json(cache, result)
+    runs/<label>/eval-<protocol>.json (recomputed when what it depends on changed)."""
+    last = weights_of(o)
+    engine = make_engine(s.device, "auto")
+    cache, key = o.out / f"eval-{protocol}.json", cache_key(s, last, protocol, engine)
+    result = _cached(cache, key)
+    if result is None:
+        result = _errors(protocol, *protocol_scores(s, load_model(last), protocol, engine))
+        atomic_write_json(cache, {"key": key, "result": result})
     return result
 
 
@@ -110,10 +159,14 @@ def ensemble(s: Settings, outcomes: list[RunOutcome], protocol: str
     member's own errors from the same scores (one pass over the val images per member;
     cached as `evaluate_run` caches them)."""
     total, labels, members = None, None, {}
-    for o in outcomes:
-        scores, labels = protocol_scores(s, load_model(o.out / "last.pt"), protocol)
+    lasts = [weights_of(o) for o in outcomes]  # every member there before any evaluation
+    engine = make_engine(s.device, "auto")
+    for o, last in zip(outcomes, lasts, strict=True):
+        key = cache_key(s, last, protocol, engine)
+        scores, labels = protocol_scores(s, load_model(last), protocol, engine)
         members[o.label] = _errors(protocol, scores, labels)
-        atomic_write_json(o.out / f"eval-{protocol}.json", members[o.label])
+        atomic_write_json(o.out / f"eval-{protocol}.json", {"key": key,
+                                                            "result": members[o.label]})
         total = scores if total is None else total + scores
     ens = {**_errors(protocol, total / len(outcomes), labels), "members": list(members)}
     return ens, members

@@ -124,6 +124,10 @@ class TrainConfig:
                 object.__setattr__(self, name, value)
         if self.out is None:
             object.__setattr__(self, "out", f"runs/{self.model}")
+        if (isinstance(self.data, str) and names_a_path(self.data)
+                and os.path.exists(os.path.expanduser(self.data))):
+            # recorded absolute, so that a resume from another folder finds the same data
+            object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(self.data)))
         for name in ("milestones", "scale"):  # lists from JSON or argparse
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
@@ -171,6 +175,13 @@ class TrainConfig:
                               "command that started the run")
         saved = {k: v for k, v in saved.items() if k not in _IMAGENET_ONLY or
                  changes.get("recipe", saved.get("recipe")) == "imagenet"}
+        data = changes.get("data", saved.get("data"))
+        if (isinstance(data, str) and names_a_path(data) and not os.path.isabs(data)
+                and not os.path.exists(os.path.expanduser(data))):
+            # runs made before --data was recorded absolute
+            raise ReslabError(f"{path} was trained on --data {data!r}, a relative path that "
+                              f"does not exist from {os.getcwd()}: resume from the folder the "
+                              "run was started in, or pass --data with the data's full path")
         return cls.from_dict({**saved, **changes, "out": str(out), "resume": True})
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,7 +211,8 @@ class TrainConfig:
         """{field: (other's, self's)} for fields that differ and change what a run computes
         (resuming `other` with `self` is refused when this is not empty)."""
         a, b = other.to_dict(), self.to_dict()
-        return {k: (a[k], b[k]) for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]}
+        return {k: (a[k], b[k]) for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]
+                and not (k == "data" and same_data(a[k], b[k]))}
 
     # ---- validation -----------------------------------------------------------------------
     def _validate(self) -> None:
@@ -253,6 +265,28 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ReslabError(msg)
+
+
+def names_a_path(data: str) -> bool:
+    """Whether a --data value is a PATH rather than a named set (cifar10, cifar100,
+    synthetic[:N:M]; `reslab.data.load_image_data` tries the names first)."""
+    key = data.strip().lower()
+    return not (key in ("cifar10", "cifar-10", "cifar100", "cifar-100") or key == "synthetic"
+                or key.startswith("synthetic:"))
+
+
+def same_data(a: str, b: str) -> bool:
+    """Whether two --data values name the same data: the same name, or paths naming the
+    same file or folder (`inet`, `./inet/` and `/abs/inet` alike)."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str) and names_a_path(a) and names_a_path(b)):
+        return False
+    a, b = os.path.expanduser(a), os.path.expanduser(b)
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them is gone: compare what the spellings name
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def cifar_recipe(**options: Any) -> TrainConfig:
