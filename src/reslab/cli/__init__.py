@@ -14,8 +14,8 @@ from reslab import __version__
 from reslab.errors import ReslabError
 
 #: subcommand modules under reslab.cli, in `--help` order.
-COMMANDS = ("models", "weights", "info", "train", "eval", "predict", "export", "reproduce",
-            "responses")
+COMMANDS = ("models", "weights", "info", "train", "eval", "predict", "detect", "export",
+            "reproduce", "responses")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,276 @@
+"""`reslab detect train|eval|predict` on tiny VOC- and COCO-layout folders, an exact resume
+after SIGTERM, and the refusals (issue 16; Tables 7-8, Appendix A)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from reslab.cli import main
+from reslab.detection import synthetic_detection, write_coco, write_voc
+from reslab.detection.config import DetectConfig
+from reslab.detection.trainer import DetectionSource, train_detector
+from reslab.models.registry import create_model
+from reslab.train.checkpoint import Checkpoint
+from reslab.train.runlog import read_metrics
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+
+SYNTH = dict(images=4, size=64, objects=2, seed=0)
+#: A detector small enough for a CPU test: 64-pixel images, few anchors, RoIs, proposals.
+TINY = ["--min-size", "64", "--max-size", "64", "--rpn-batch-size", "16", "--roi-batch-size",
+        "4", "--rpn-train-proposals", "16", "--rpn-test-proposals", "4", "--device", "cpu",
+        "--no-progress"]
+TINY_CFG = dict(min_size=64, max_size=64, rpn_batch_size=16, roi_batch_size=4,
+                rpn_train_proposals=16, rpn_test_proposals=4, device="cpu", progress=False,
+                tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """A tiny VOC root (trainval, test) and a tiny COCO root (train, val) of the same
+    synthetic images, written by the data half's writers."""
+    root = tmp_path_factory.mktemp("det")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for split, voc_split, coco_split in (("train", "trainval", "train"),
+                                             ("test", "test", "val")):
+            data = synthetic_detection(split, **SYNTH)
+            write_voc(data, root / "voc", voc_split)
+            write_coco(data, root / "coco", coco_split)
+    return {"voc": root / "voc", "coco": root / "coco"}
+
+
+def reslab(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_voc_c4_train_eval_predict(folders, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, text, err = reslab(capsys, "detect", "train", "--data", folders["voc"], "--backbone",
+                             "resnet18", "--head", "c4", "--iterations", "2", "--batch-size",
+                             "2", "--trainable-layers", "1", "--eval-every", "2", "--out",
+                             out, *TINY)
+    assert code == 0, err
+    assert "done: 2 iterations" in text and "mAP@.5" in text
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["task"] == "detection"
+    assert run["init"].startswith("from scratch") and "BN trainable" in run["init"]
+    assert run["model_spec"]["name"] == "fasterrcnn_c4_resnet18"
+    assert run["config"]["train_split"] == "trainval" and run["eval_split"] == "test"
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["iteration"] for r in records] == [2]
+    assert set(records[0]["per_class"]) == set(synthetic_detection("test", **SYNTH).classes)
+    assert 0 <= records[0]["map50"] <= 1 and records[0]["eval_images"] == 4
+    for name in ("last.pt", "best.pt", "curves.png"):
+        assert (out / name).is_file()
+    ckpt = Checkpoint.load(out / "last.pt")
+    assert ckpt.model_spec["task"] == "detection" and ckpt.iteration == 2
+
+    code, text, err = reslab(capsys, "detect", "eval", "--weights", out / "last.pt", "--data",
+                             folders["voc"], "--split", "test", "--json", "--no-progress")
+    assert code == 0, err
+    metrics = json.loads(text)
+    assert {"map50", "map", "per_class", "images"} <= set(metrics) and metrics["images"] == 4
+    assert metrics["map50"] == pytest.approx(records[0]["map50"])  # same weights, same split
+
+    image = sorted((folders["voc"] / "JPEGImages").glob("test_*"))[0]
+    drawn = tmp_path / "drawn"
+    code, text, err = reslab(capsys, "detect", "predict", "--weights", out / "best.pt", image,
+                             "--draw", drawn, "--score-threshold", "0", "--device", "cpu")
+    assert code == 0, err
+    assert f"{image}:" in text and "drawn:" in text
+    png = drawn / f"{image.stem}.png"
+    from torchvision.io import decode_image
+
+    assert decode_image(str(png)).shape[1:] == (64, 64)
+    assert not [p for p in drawn.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_coco_fpn_train_and_eval_equals_pycocotools(folders, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    code, text, err = reslab(capsys, "detect", "train", "--data", folders["coco"], "--backbone",
+                             "resnet18", "--head", "fpn", "--train-split", "train",
+                             "--val-split", "val", "--iterations", "1", "--batch-size", "2",
+                             "--trainable-layers", "0", "--out", out, *TINY)
+    assert code == 0, err
+    assert json.loads((out / "run.json").read_text())["model_spec"]["head"] == "fpn"
+
+    # The numbers of `detect eval` are pycocotools' on the files it writes. Detections near
+    # the ground truth (an untrained net's would all score 0) make them non-trivial.
+    from reslab.detection import inference
+
+    def near_truth(model, dataset, engine, batch_size=2, world=None, progress=False):
+        g = torch.Generator().manual_seed(0)
+        dets = []
+        for i in range(len(dataset)):
+            t = dataset[i][1]
+            boxes = t["boxes"] + torch.randn(t["boxes"].shape, generator=g) * 3
+            dets.append({"boxes": boxes, "scores": torch.rand(len(boxes), generator=g),
+                         "labels": (t["labels"] - 1 + i % 2) % len(dataset.classes) + 1})
+        return dets
+
+    monkeypatch.setattr(inference, "detect_dataset", near_truth)
+    preds = tmp_path / "preds.json"
+    code, text, err = reslab(capsys, "detect", "eval", "--weights", out / "last.pt", "--data",
+                             folders["coco"], "--split", "val", "--json", "--predictions", preds)
+    assert code == 0, err
+    metrics = json.loads(text)
+    assert 0 < metrics["map"] < metrics["map50"] < 1
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(str(tmp_path / "preds-gt.json"))
+    ev = COCOeval(gt, gt.loadRes(str(preds)), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert metrics["map"] == pytest.approx(ev.stats[0]) and metrics["map50"] == pytest.approx(
+        ev.stats[1])
+    results = json.loads(preds.read_text())
+    assert set(results[0]) == {"image_id", "category_id", "bbox", "score"}
+
+
+@pytest.fixture
+def sigterm_at_load(monkeypatch):
+    """`sigterm_at_load(i)`: SIGTERM arrives while the trainer loads mini-batch i."""
+    original = DetectionSource.load
+
+    def arm(iteration: int | None) -> None:
+        if iteration is None:
+            monkeypatch.setattr(DetectionSource, "load", original)
+            return
+
+        def load(self, i):
+            if i == iteration:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original(self, i)
+
+        monkeypatch.setattr(DetectionSource, "load", load)
+
+    return arm
+
+
+def resume_cfg(out: Path, **changes) -> DetectConfig:
+    return DetectConfig(backbone="resnet18", head="c4", data="synthetic-det:train=4,test=2,"
+                        "size=64,objects=2", iterations=3, batch_size=2, eval_every=3,
+                        trainable_layers=0, out=str(out), **{**TINY_CFG, **changes})
+
+
+def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path, sigterm_at_load):
+    full = train_detector(resume_cfg(tmp_path / "full"))
+    assert full.status == "finished"
+
+    sigterm_at_load(0)  # the first step completes, then the run saves and stops
+    cut = train_detector(resume_cfg(tmp_path / "cut"))
+    assert cut.status == "interrupted" and cut.iteration == 1
+    assert Checkpoint.load(tmp_path / "cut" / "last.pt").iteration == 1
+    sigterm_at_load(None)
+
+    resumed = train_detector(DetectConfig.for_resume(tmp_path / "cut"))
+    assert resumed.status == "finished" and resumed.iteration == 3
+    a = Checkpoint.load(full.out / "last.pt").model
+    b = Checkpoint.load(resumed.out / "last.pt").model
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    def timeless(path: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("elapsed", "images_per_sec")}
+                for r in read_metrics(path)]
+
+    assert timeless(resumed.out / "metrics.jsonl") == timeless(full.out / "metrics.jsonl")
+    assert json.loads((resumed.out / "run.json").read_text())["resumed_from"] == 1
+    with pytest.raises(Exception, match="other settings"):
+        train_detector(resume_cfg(tmp_path / "cut", resume=True, lr=0.01))
+
+
+def test_refusals_are_one_line(folders, tmp_path, capsys):
+    net = create_model("resnet8")
+    Checkpoint(model_spec=net.reslab_spec.to_dict(), model=net.state_dict(),
+               preprocess={"mean": torch.zeros(3, 1, 1), "std": None},
+               classes=[str(k) for k in range(10)]).save(tmp_path / "classifier.pt")
+    code, text, err = reslab(capsys, "detect", "eval", "--weights", tmp_path / "classifier.pt",
+                             "--data", folders["voc"], "--split", "test")
+    assert code == 2 and text == ""
+    assert err.count("\n") == 1 and "is a classifier checkpoint (resnet8), not a detector" in err
+    code, _, err = reslab(capsys, "detect", "train", "--data", folders["voc"], "--backbone",
+                          "resnet20", "--out", tmp_path / "x")
+    assert code == 2 and "--backbone must be one of" in err and err.count("\n") == 1
+    code, _, err = reslab(capsys, "detect", "train", "--data", folders["voc"], "--train-split",
+                          "nosuch", "--out", tmp_path / "y", *TINY)
+    assert code == 2 and "nosuch" in err and err.count("\n") == 1
+    assert not (tmp_path / "y" / "last.pt").exists()
+
+
+REPRODUCE_TINY = ["--min-size", "64", "--max-size", "64", "--roi-batch-size", "4",
+                  "--rpn-train-proposals", "16", "--rpn-test-proposals", "4",
+                  "--trainable-layers", "0", "--batch-size", "2", "--device", "cpu",
+                  "--no-progress"]
+
+
+def test_reproduce_table7_and_table8(folders, tmp_path, capsys):
+    out = tmp_path / "t7"
+    one = str(1 / 80_000)  # one iteration of the VOC schedule
+    args = ["reproduce", "table7", "--data", folders["voc"], "--out", out, "--models",
+            "plain18,resnet18", "--budget", one, *REPRODUCE_TINY]
+    code, text, err = reslab(capsys, *args)
+    assert code == 0, err
+    report = (out / "report.md").read_text()
+    assert "Table 7" in report and "73.2" in report and "76.4" in report
+    assert "resnet18 vs plain18: VOC07 mAP@.5" in report and "from scratch" in report
+    results = json.loads((out / "results.json").read_text())
+    assert [r["label"] for r in results["runs"]] == ["plain18", "resnet18"]
+    assert all(r["iterations"] == 1 and 0 <= r["voc07_map50"] <= 1 for r in results["runs"])
+    assert results["table7"][1]["voc07_map50"] == results["runs"][1]["voc07_map50"]
+    code, text, err = reslab(capsys, *args)  # a rerun reuses the finished runs
+    assert code == 0 and err.count("finished earlier, reusing") == 2
+
+    out = tmp_path / "t8"
+    code, text, err = reslab(capsys, "reproduce", "table8", "--data", folders["coco"], "--out",
+                             out, "--models", "resnet18", "--budget", str(1 / 320_000),
+                             "--train-split", "train", "--val-split", "val", *REPRODUCE_TINY)
+    assert code == 0, err
+    report = (out / "report.md").read_text()
+    assert "Table 8" in report and "48.4" in report and "27.2" in report
+    row = json.loads((out / "results.json").read_text())["table8"][0]
+    assert row["label"] == "resnet18" and 0 <= row["map"] <= row["map50"] <= 1
+
+    code, _, err = reslab(capsys, "reproduce", "table7", "--data", folders["voc"], "--out",
+                          tmp_path / "t7b", "--models", "resnet18", "--weights",
+                          "resnet50=r50.pt", *REPRODUCE_TINY)
+    assert code == 2 and "--weights names resnet50" in err
+    code, _, err = reslab(capsys, "reproduce", "table6", "--out", tmp_path / "t6",
+                          "--min-size", "64")
+    assert code == 2 and "--min-size apply to the detection experiments" in err
+
+
+@pytest.mark.slow
+def test_two_ranks_then_resume_on_one(tmp_path):
+    """torchrun DDP (gloo): each rank takes every other image of the global mini-batch."""
+    out = tmp_path / "ddp"
+    common = ["detect", "train", "--data", "synthetic-det:train=4,test=2,size=64,objects=2",
+              "--backbone", "resnet18", "--head", "fpn", "--batch-size", "2",
+              "--trainable-layers", "1", "--eval-every", "2", "--out", str(out), *TINY]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc_per_node", "2", "-m", "reslab"]
+    r = subprocess.run(launch + common + ["--iterations", "2"], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("done: 2 iterations") == 1
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 2 and run["status"] == "finished"
+    r = subprocess.run([sys.executable, "-m", "reslab", "detect", "train", "--resume", "--out",
+                        str(out), "--iterations", "4"], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [m["iteration"] for m in read_metrics(out / "metrics.jsonl")] == [2, 4]
