@@ -1,5 +1,5 @@
 """`reslab reproduce`: the paper's experiments, one command each: CIFAR-10 (Figures 1, 6, 7,
-Table 6, the shortcut options) and ImageNet (Tables 2-5, Figure 4)."""
+Table 6, the shortcut options), ImageNet (Tables 2-5, Figure 4) and detection (Tables 7-8)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from reslab.cli.image_limit import add_max_image_pixels
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.experiments import (
+    DETECTION_EXPERIMENTS,
     EXPERIMENTS,
     IMAGENET_EXPERIMENTS,
     Settings,
@@ -61,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="figure6/table6/figure7/precision: comma-separated nets instead of the "
                    "paper's set, e.g. plain20,plain56,resnet20,resnet56; ImageNet "
                    "experiments: only these of the table's runs (labels such as resnet34-B, "
-                   "or net names)")
+                   "or net names); table7/table8: the backbones (default vgg16,resnet101; "
+                   "e.g. plain34,resnet34)")
     p.add_argument("--with-1202", action="store_true",
                    help="figure6/table6: add ResNet-1202 (19.4M parameters; slow)")
     p.add_argument("--with-plain110", action="store_true", help="figure6: add plain-110")
@@ -83,6 +85,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--test-resize", type=int, default=None,
                    help="shorter side before the test crops (paper: 256)")
     g.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers")
+    d = p.add_argument_group("detection experiments (table7, table8): Faster R-CNN, c4 design")
+    d.add_argument("--weights", default=None, metavar="NET=FILE[,NET=FILE]",
+                   help="ImageNet classifier weights of the backbones, e.g. "
+                   "resnet101=r101.pt,vgg16=vgg16.pth (a net without: from scratch)")
+    d.add_argument("--min-size", type=int, default=None, help="shorter side (paper: 600)")
+    d.add_argument("--max-size", type=int, default=None, help="longer side at most (paper: 1000)")
+    d.add_argument("--train-split", default=None,
+                   help="default trainval (table7), train2014 (table8)")
+    d.add_argument("--val-split", default=None, help="default test (table7), val2014 (table8)")
+    d.add_argument("--trainable-layers", type=int, default=None,
+                   help="backbone stages trained from the top, 0..5 (default 3 with weights)")
+    d.add_argument("--roi-batch-size", type=int, default=None, help="RoIs per image (paper: 128)")
+    d.add_argument("--rpn-train-proposals", type=int, default=None,
+                   help="proposals per image for training (paper: 2000)")
+    d.add_argument("--rpn-test-proposals", type=int, default=None,
+                   help="proposals per image at test (paper: 300)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
     p.add_argument("--skip-corrupt", action="store_true",
@@ -117,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if given and args.experiment not in IMAGENET_EXPERIMENTS:
         raise ReslabError(f"{', '.join(given)} apply to the ImageNet experiments "
                           f"({', '.join(IMAGENET_EXPERIMENTS)})")
+    detection = detection_options(args)
     s = Settings(data=args.data, out=args.out, budget=args.budget, seeds=args.seeds,
                  device=args.device, batch_size=args.batch_size, eval_points=args.eval_points,
                  models=models, with_1202=args.with_1202, with_plain110=args.with_plain110,
@@ -126,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                  images_per_class=args.images_per_class,
                  scale=tuple(args.scale) if args.scale else None, crop=args.crop,
                  test_resize=args.test_resize, workers=args.workers,
-                 skip_corrupt=args.skip_corrupt)
+                 skip_corrupt=args.skip_corrupt, detection=detection)
     outcome = reproduce(args.experiment, s)
     if outcome.status != "finished":
         print(f"reslab reproduce: {outcome.message}: {command_line(args)}", file=sys.stderr)
@@ -134,6 +153,32 @@ def run(args: argparse.Namespace) -> int:
     if outcome.report is not None:  # under torchrun, rank 0 reports
         print(f"done: report in {outcome.report}")
     return 0
+
+
+def detection_options(args: argparse.Namespace) -> dict:
+    """`Settings.detection` from the detection flags (refused for other experiments)."""
+    flags = {"weights": args.weights, "min_size": args.min_size, "max_size": args.max_size,
+             "train_split": args.train_split, "val_split": args.val_split,
+             "trainable_layers": args.trainable_layers, "roi_batch_size": args.roi_batch_size,
+             "rpn_train_proposals": args.rpn_train_proposals,
+             "rpn_test_proposals": args.rpn_test_proposals}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if args.experiment not in DETECTION_EXPERIMENTS:
+        if given:
+            names = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ReslabError(f"{names} apply to the detection experiments "
+                              f"({', '.join(DETECTION_EXPERIMENTS)})")
+        return {}
+    if args.data == "cifar10":
+        raise ReslabError(f"{args.experiment} needs --data: a VOC root (ROOT07,ROOT12 for "
+                          "07+12), a COCO root, or synthetic-det[:...]")
+    if "weights" in given:
+        pairs = [w.strip() for w in given["weights"].split(",") if w.strip()]
+        if not pairs or any(w.count("=") != 1 or not all(w.split("=")) for w in pairs):
+            raise ReslabError(f"--weights {given['weights']!r}: give NET=FILE pairs, e.g. "
+                              "resnet101=r101.pt,vgg16=vgg16.pth")
+        given["weights"] = dict(w.split("=") for w in pairs)
+    return given
 
 
 def command_line(args: argparse.Namespace) -> str:

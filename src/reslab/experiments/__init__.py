@@ -1,11 +1,14 @@
 """The paper's experiments, one command each (`reslab reproduce`): CIFAR-10 (Figures 1,
-6, 7, Table 6, the shortcut options) and ImageNet (Tables 2-5, Figure 4).
+6, 7, Table 6, the shortcut options), ImageNet (Tables 2-5, Figure 4) and detection
+(Tables 7-8).
 
 An experiment is a module with `DESCRIPTION`, `plan(settings) -> [RunSpec]` (the training
 runs), `report(settings, outcomes, data) -> Report` (figures, tables, findings) and, for
-ImageNet, `RECIPE = "imagenet"`. `reproduce` loads a CIFAR data set once (an ImageNet
-folder is streamed by each run), runs the sweep (skipping finished runs, resuming
-unfinished ones) and writes results.json and report.md into the output folder.
+ImageNet, `RECIPE = "imagenet"`; a detection table (`RECIPE = "detection"`) also has
+`data_info(settings)` and its own `write_outputs`. `reproduce` loads a CIFAR data set once
+(an ImageNet folder or detection data is read by each run), runs the sweep (skipping
+finished runs, resuming unfinished ones) and writes results.json and report.md into the
+output folder.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from reslab.models.registry import resolve
 
 #: experiment name -> module under reslab.experiments.
 EXPERIMENTS = ("figure1", "figure6", "table6", "figure7", "shortcuts", "precision", "table2",
-               "figure4", "table3", "table4", "table5")
+               "figure4", "table3", "table4", "table5", "table7", "table8")
 IMAGENET_EXPERIMENTS = ("table2", "figure4", "table3", "table4", "table5")
+DETECTION_EXPERIMENTS = ("table7", "table8")
 
-__all__ = ["EXPERIMENTS", "IMAGENET_EXPERIMENTS", "Outcome", "Settings", "describe", "reproduce"]
+__all__ = ["DETECTION_EXPERIMENTS", "EXPERIMENTS", "IMAGENET_EXPERIMENTS", "Outcome", "Settings",
+           "describe", "reproduce"]
 
 
 @dataclass
@@ -65,16 +70,19 @@ def reproduce(name: str, s: Settings) -> Outcome:
         raise ReslabError(f"--models {','.join(s.models or [])} names none of {name}'s runs")
     if s.recipe == "imagenet":
         data = folder_info(s)
+    elif s.recipe == "detection":  # Tables 7-8: each run opens its splits
+        data = module.data_info(s)
     else:
         data = load_image_data(s.data, root=s.data_root, progress=s.progress,
                                skip_corrupt=s.skip_corrupt)
     try:
-        outcomes = run_sweep(runs, None if s.recipe == "imagenet" else data, jobs=s.jobs)
+        outcomes = run_sweep(runs, data if s.recipe == "cifar" else None, jobs=s.jobs)
     except SweepInterrupted as e:
         return Outcome("interrupted", None, f"{e}. Re-run the same command to continue "
                        "(finished runs are reused)", e.signum)
     if not is_main_process():  # under torchrun, rank 0 evaluates and reports
         return Outcome("finished", None)
     report = module.report(s, outcomes, data)
-    path = write_outputs(name, s, outcomes, data, report, started)
+    path = getattr(module, "write_outputs", write_outputs)(name, s, outcomes, data, report,
+                                                           started)
     return Outcome("finished", path)

@@ -69,6 +69,9 @@ class Settings:
     test_resize: int | None = None
     workers: int | None = None
     skip_corrupt: bool = False  # skip unreadable training images (TrainConfig.skip_corrupt)
+    # detection experiments (table7, table8): DetectConfig options given by the flags
+    # (min_size, max_size, train_split, val_split, ...) and `weights`: {net: file}
+    detection: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -330,7 +333,7 @@ def run_sweep(runs: list[RunSpec], data, log: Callable[[str], None] | None = Non
                 if stop.seen():
                     raise SweepInterrupted([], [spec.label, *later], stop.seen())
                 log(f"{head} ...")
-                result = trainer.train(spec.cfg, data=data)
+                result = train_run(spec.cfg, data)
                 if result.status != "finished":
                     raise SweepInterrupted([(spec.label, result.iteration, result.iterations)],
                                            later, stop.seen())
@@ -344,6 +347,26 @@ def run_sweep(runs: list[RunSpec], data, log: Callable[[str], None] | None = Non
                                    read_metrics(out / "metrics.jsonl"),
                                    spec.label not in trained))
     return outcomes
+
+
+def train_run(cfg, data=None):
+    """Train one run of a sweep: a classifier's `TrainConfig` through `trainer.train` (with
+    the pre-loaded `data`), a detector's `DetectConfig` (Tables 7-8) through
+    `reslab.detection.trainer.train_detector`."""
+    if isinstance(cfg, TrainConfig):
+        return trainer.train(cfg, data=data)
+    from reslab.detection.trainer import train_detector
+
+    return train_detector(cfg)
+
+
+def config_from_dict(config: dict):
+    """A run's config from its `to_dict()`: a detector's when it names a detection head."""
+    if "head" in config:
+        from reslab.detection.config import DetectConfig
+
+        return DetectConfig.from_dict(config)
+    return TrainConfig.from_dict(config)
 
 
 def _once_each(runs: list[RunSpec]) -> list[RunSpec]:
@@ -477,11 +500,11 @@ def worker_main(argv: list[str], early: list[int]) -> int:
     guard = _ParentGuard(parent, early)
     try:
         torch.set_num_threads(threads)
-        cfg = dataclasses.replace(TrainConfig.from_dict(config), progress=False)
+        cfg = dataclasses.replace(config_from_dict(config), progress=False)
         if guard.stopping():
             result = {"status": "not started"}
         else:
-            r = trainer.train(cfg)
+            r = train_run(cfg)
             result = {"status": r.status, "iteration": r.iteration, "iterations": r.iterations}
     except KeyboardInterrupt:  # a second stop: ended at once, the last checkpoint kept
         result = {"status": "ended", "message": "stopped at once"}
