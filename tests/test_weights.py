@@ -16,7 +16,7 @@ import torch
 from torchvision.io import write_png
 
 from published_weights import SYNTH, publish_tiny
-from reslab import ReslabError, create_model
+from reslab import ReslabError, create_model, load_weights
 from reslab.cli import main
 from reslab.data import load_image_data
 from reslab.inference import load_model
@@ -97,6 +97,8 @@ def test_create_model_by_name_equals_the_checkpoint(registry, published):
             got = model(model.reslab_weights.preprocess()(x))
             want = own.model.eval()(own.preprocess(x))
         assert torch.equal(got, want)
+    assert torch.equal(load_weights(create_model("resnet8"), "synth-test:resnet8").fc.weight,
+                       own.model.fc.weight)
     assert [e.key for e in list_weights("resnet8")] == ["synth-test:resnet8"]
     assert list_weights("resnet20") == []
 

@@ -203,8 +203,7 @@ def get_weights(weights: str, model: str | None = None) -> WeightsEntry:
             return e
     have = ", ".join(e.key for e in entries) or "none yet"
     raise ReslabError(f"no weights {name.lower()}:{model_name} in the registry "
-                      f"{weights_dir()} (it has: {have}); `reslab weights` lists them, or give "
-                      "a file path")
+                      f"{weights_dir()} (it has: {have}); `reslab weights` lists them")
 
 
 # ----------------------------------------------------------------------------- the files
