@@ -185,6 +185,9 @@ def test_reslab_weights_lists_and_publishes(registry, published, tmp_path, capsy
     assert main(["weights", "publish", str(checkpoint), "--name", "again", "--data", SYNTH,
                  "--registry", str(tmp_path / "r"), "--command", "reslab train ..."]) == 0
     again = read_registry(tmp_path / "r")
+    capsys.readouterr()
+    assert main(["weights", "publish", str(tmp_path / "no.pt"), "--name", "x"]) == 2
+    assert capsys.readouterr().err.startswith("reslab weights: error: checkpoint not found")
     assert [e.key for e in again] == ["again:resnet8"] and again[0].command == "reslab train ..."
     assert again[0].test_error == registry.test_error  # the same weights, the same figure
 

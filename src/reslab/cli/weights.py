@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pub.add_argument("--data", default=None,
                      help="data whose test split measures the error (default: the run's)")
     pub.add_argument("--data-root", default=None)
-    pub.add_argument("--command", default=None,
+    pub.add_argument("--command", dest="train_command", default=None,
                      help="the command that trained it (default: run.json's)")
     pub.add_argument("--notes", default="", help="what else a user should know")
     pub.add_argument("--registry", default=None,
@@ -76,7 +76,7 @@ def run_publish(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ReslabError("--batch-size must be >= 1")
-    entry = publish(args.checkpoint, args.name, args.data, command=args.command,
+    entry = publish(args.checkpoint, args.name, args.data, command=args.train_command,
                     notes=args.notes, registry=args.registry, replace=args.replace,
                     data_root=args.data_root, device=args.device, batch_size=args.batch_size)
     print(json.dumps(entry.to_dict(), indent=2))
