@@ -85,6 +85,11 @@ def test_c4_is_the_papers_design():
     assert roi.fg_bg_sampler.positive_fraction == 0.25
     assert det.rpn.anchor_generator.sizes == ((14, 27, 55),)  # 128/256/512 at 64/600
     assert det.rpn.anchor_generator.aspect_ratios == ((0.5, 1.0, 2.0),)
+    # under bf16 autocast the heads' outputs (boxes are decoded from them) stay fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores, deltas = pred(torch.randn(2, 512))
+        logits, boxes = det.rpn.head([torch.randn(1, 256, 4, 4)])
+    assert {t.dtype for t in (scores, deltas, *logits, *boxes)} == {torch.float32}
     train_and_test(det)
 
 

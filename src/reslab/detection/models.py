@@ -38,7 +38,8 @@ import torchvision
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from reslab.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -192,6 +193,30 @@ class Res5Head(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.layer4(x), 1), 1)
 
 
+class RPNHeadFP32(RPNHead):
+    """torchvision's RPNHead (same parameters) whose outputs are fp32 under bf16 autocast,
+    so that anchors are decoded into proposals in fp32: bf16's 8-bit mantissa would move
+    box corners in steps of 2-4 pixels on 600-pixel images."""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = [], []
+        for feature in x:
+            t = self.conv(feature)
+            logits.append(self.cls_logits(t).float())
+            deltas.append(self.bbox_pred(t).float())
+        return logits, deltas
+
+
+class FastRCNNPredictorFP32(FastRCNNPredictor):
+    """torchvision's two sibling layers (class scores, per-class box deltas; same
+    parameters) with fp32 outputs under bf16 autocast: the detector's losses and its
+    final boxes are computed in fp32."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x).float(), self.bbox_pred(x).float()
+
+
 def _c4_parts(net: nn.Module) -> tuple[nn.Sequential, Res5Head]:
     """(conv1..conv4_x as one stride-16 module, conv5_x + pooling) of a Table-1 net."""
     body = nn.Sequential(OrderedDict(
@@ -274,31 +299,30 @@ def build_detector(spec: DetectorSpec, pretrained: _Pretrained | None = None) ->
     options.update(spec.options)
     common = dict(min_size=spec.min_size, max_size=spec.max_size,
                   image_mean=list(spec.image_mean), image_std=list(spec.image_std), **options)
+    single = AnchorGenerator((spec.anchor_sizes,), (ratios,))
     if spec.backbone == VGG:
-        net = _vgg(pretrained)
-        body, head = _vgg_parts(net, spec.trainable_layers)
-        model = FasterRCNN(
-            body, rpn_anchor_generator=AnchorGenerator((spec.anchor_sizes,), (ratios,)),
-            box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2), box_head=head,
-            box_predictor=FastRCNNPredictor(4096, spec.num_classes), **common)
+        body, head = _vgg_parts(_vgg(pretrained), spec.trainable_layers)
+        pool, width, anchors = MultiScaleRoIAlign(["0"], 7, 2), 4096, single
     else:
         net = _resnet(spec, pretrained)
         if spec.frozen_bn:
             freeze_bn(net)
         freeze_layers(net, spec.trainable_layers)
-        if spec.head == "fpn":
-            model = FasterRCNN(
-                fpn_backbone(net), num_classes=spec.num_classes,
-                rpn_anchor_generator=AnchorGenerator(tuple((a,) for a in spec.anchor_sizes),
-                                                     (ratios,) * len(spec.anchor_sizes)),
-                **common)
-        else:
+        if spec.head == "fpn":  # torchvision's fasterrcnn_resnet50_fpn design
+            body = fpn_backbone(net)
+            pool = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+            head = TwoMLPHead(body.out_channels * 7 * 7, 1024)
+            width = 1024
+            anchors = AnchorGenerator(tuple((a,) for a in spec.anchor_sizes),
+                                      (ratios,) * len(spec.anchor_sizes))
+        else:  # the paper's: 14x14 RoIAlign before conv5_1, conv5_x + pooling per region
             body, head = _c4_parts(net)
-            model = FasterRCNN(
-                body, rpn_anchor_generator=AnchorGenerator((spec.anchor_sizes,), (ratios,)),
-                box_roi_pool=MultiScaleRoIAlign(["0"], 14, 0), box_head=head,
-                box_predictor=FastRCNNPredictor(head.out_channels, spec.num_classes),
-                **common)
+            pool, width, anchors = MultiScaleRoIAlign(["0"], 14, 0), head.out_channels, single
+    model = FasterRCNN(
+        body, rpn_anchor_generator=anchors,
+        rpn_head=RPNHeadFP32(body.out_channels, anchors.num_anchors_per_location()[0]),
+        box_roi_pool=pool, box_head=head,
+        box_predictor=FastRCNNPredictorFP32(width, spec.num_classes), **common)
     model.reslab_spec = spec
     return model
 
