@@ -17,6 +17,7 @@ import torch
 from reslab.cli import main
 from reslab.detection import synthetic_detection, write_coco, write_voc
 from reslab.detection.config import DetectConfig
+from reslab.detection.models import create_detector
 from reslab.detection.trainer import DetectionSource, train_detector
 from reslab.models.registry import create_model
 from reslab.train.checkpoint import Checkpoint
@@ -208,6 +209,35 @@ def test_refusals_are_one_line(folders, tmp_path, capsys):
                           "nosuch", "--out", tmp_path / "y", *TINY)
     assert code == 2 and "nosuch" in err and err.count("\n") == 1
     assert not (tmp_path / "y" / "last.pt").exists()
+
+
+def saved_detector(path: Path, backbone: str) -> Path:
+    det = create_detector(backbone, "c4", num_classes=3, min_size=64, max_size=64,
+                          rpn_post_nms_top_n_test=4)
+    Checkpoint(model_spec=det.reslab_spec.to_dict(), model=det.state_dict(),
+               preprocess={"mean": torch.zeros(3, 1, 1), "std": torch.ones(3, 1, 1)},
+               classes=["a", "b"]).save(path)
+    return path
+
+
+def test_export_of_a_resnet_detector_is_one_line(tmp_path, capsys):
+    weights = saved_detector(tmp_path / "det.pt", "resnet18")
+    code, _, err = reslab(capsys, "export", "--weights", weights, "--format", "torchscript")
+    assert code == 2 and err.count("\n") == 1
+    assert "fasterrcnn_c4_resnet18 cannot be exported to TorchScript" in err
+    code, _, err = reslab(capsys, "export", "--weights", weights, "--format", "onnx")
+    assert code == 2 and "a detector exports to TorchScript only" in err
+    assert not list(tmp_path.glob("det.*.pt")) and not list(tmp_path.glob("*.onnx"))
+
+
+@pytest.mark.slow
+def test_vgg16_detector_exports_to_torchscript(tmp_path, capsys):
+    weights = saved_detector(tmp_path / "vgg.pt", "vgg16")
+    code, text, err = reslab(capsys, "export", "--weights", weights, "--format", "torchscript")
+    assert code == 0, err
+    scripted = torch.jit.load(str(tmp_path / "vgg.torchscript.pt"))
+    losses, detections = scripted([torch.rand(3, 70, 64)])
+    assert detections[0]["boxes"].shape[1] == 4 and detections[0]["boxes"].dtype == torch.float32
 
 
 REPRODUCE_TINY = ["--min-size", "64", "--max-size", "64", "--roi-batch-size", "4",

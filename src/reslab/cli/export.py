@@ -56,7 +56,16 @@ def run(args: argparse.Namespace) -> int:
         raise ReslabError(f"--out {args.out} is a folder: give the output file, e.g. "
                           f"--out {Path(args.out) / default_name}")
     if args.model in (None, "auto"):
-        model, _ = model_from_checkpoint(weights)
+        obj = read_file(weights)
+        if isinstance(obj.get("model_spec"), dict) and obj["model_spec"].get(
+                "task") == "detection":  # `reslab detect train`'s (Tables 7-8)
+            from reslab.detection.export import export_detector
+
+            out = Path(args.out) if args.out else weights.with_name(default_name)
+            print(f"wrote {export_detector(weights, out, args.format)} ({args.format}, "
+                  f"{obj['model_spec']['name']}, input: a list of 3 x H x W images in [0, 1])")
+            return 0
+        model, _ = model_from_checkpoint(obj)
     else:
         obj = read_file(weights)
         spec_d = obj.get("model_spec") if isinstance(obj.get("model_spec"), dict) else {}
