@@ -18,11 +18,12 @@ import pytest
 import torch
 from torchvision.io import encode_png
 
+import reslab.cli.train  # noqa: F401  (binds trainer.train before any test patches it)
 from reslab.cli import main
 from reslab.errors import ReslabError
 from reslab.experiments import imagenet
 from reslab.experiments.sweep import RunSpec, Settings, check_same_config, run_sweep
-from reslab.train import trainer
+from reslab.train import runlog, trainer
 from reslab.train.checkpoint import Checkpoint
 from reslab.train.recipes import TrainConfig
 from reslab.train.run_folder import RunFolder
@@ -189,14 +190,13 @@ def test_sigterm_at_the_parent_stops_the_sweep_and_a_rerun_finishes_it(tmp_path)
 def test_sigterm_between_runs_of_an_in_process_sweep_stops_it(tmp_path, monkeypatch, capsys):
     """Without --jobs a stop that comes between two runs (the trainer's handler is not in
     place there) stops the sweep too, with SIGTERM's exit status 143 and the command."""
-    real = trainer.train
+    close = runlog.RunLog.close
 
-    def train_then_sigterm(cfg, data=None):
-        result = real(cfg, data=data)
-        os.kill(os.getpid(), signal.SIGTERM)  # after the run, before the next one
-        return result
+    def close_then_sigterm(self, *args):
+        close(self, *args)
+        os.kill(os.getpid(), signal.SIGTERM)  # the run has ended; the next has not begun
 
-    monkeypatch.setattr(trainer, "train", train_then_sigterm)
+    monkeypatch.setattr(runlog.RunLog, "close", close_then_sigterm)
     out = tmp_path / "t6"
     assert reproduce("table6", "--out", str(out), "--models", "resnet8", "--seeds", "2") == 143
     err = capsys.readouterr().err
