@@ -67,7 +67,7 @@ def load_model(weights: str | os.PathLike, model: str | None = None, *,
     obj = read_file(weights)
     if obj.get("format") == FORMAT:
         ckpt = Checkpoint.load(obj)
-        net, _ = model_from_checkpoint(obj)
+        net, _ = model_from_checkpoint(obj, where=weights)
         if model and resolve(model).name != net.reslab_spec.name:
             raise ReslabError(f"{weights} holds a {net.reslab_spec.name}, not {model}")
         config = ckpt.config or {}
@@ -81,7 +81,7 @@ def load_model(weights: str | os.PathLike, model: str | None = None, *,
                               "with --model")
         if classes is None:
             raise ReslabError("foreign weights need --data to know the classes")
-        net = load_weights(build(resolve(model, len(classes))), obj)
+        net = load_weights(build(resolve(model, len(classes))), obj, where=weights)
         if mean is not None or train_images is None:
             pre = Preprocess(torch.tensor(mean if mean is not None else IMAGENET_MEAN),
                              None if std is None else torch.tensor(std))
@@ -96,11 +96,45 @@ def load_model(weights: str | os.PathLike, model: str | None = None, *,
     if isinstance(fc, nn.Linear) and fc.out_features != len(loaded.classes):
         raise ReslabError(f"{weights} names {len(loaded.classes)} classes but its classifier "
                           f"has {fc.out_features} outputs: the file is inconsistent")
+    stats = [loaded.preprocess.mean] + ([] if loaded.preprocess.std is None
+                                        else [loaded.preprocess.std])
+    if not all(bool(t.isfinite().all()) for t in stats):
+        raise ReslabError(f"{weights} holds a non-finite (NaN or inf) input mean or std: the "
+                          "file is damaged")
     return loaded
 
 
 def _family_recipe(net: nn.Module) -> str:
     return "imagenet" if net.reslab_spec.family == "imagenet" else "cifar"
+
+
+def check_ensemble(members: Sequence[LoadedModel], files: Sequence[str | os.PathLike]) -> None:
+    """ReslabError naming the first member (`files[i]`) whose classes or testing protocol
+    differ from the first's: an ensemble averages its members' probabilities class by class
+    over the same views (Table 5), so the members must share both. The protocol is the
+    recipe and, for ImageNet, the test sizes (shorter side, crop); CIFAR members test the
+    original view (`cifar_scores` refuses a member trained on another input size)."""
+    def protocol(m: LoadedModel) -> tuple:
+        return ("imagenet", m.test_resize, m.crop) if m.recipe == "imagenet" else ("cifar",)
+
+    first = members[0]
+    for m, path in zip(members[1:], files[1:], strict=True):
+        if list(m.classes) != list(first.classes):
+            raise ReslabError(f"{path} was trained on other classes ({len(m.classes)}, e.g. "
+                              f"{m.classes[:3]}) than {files[0]} ({len(first.classes)}, e.g. "
+                              f"{first.classes[:3]}): ensemble members must share their "
+                              "classes")
+        if protocol(m) != protocol(first):
+            raise ReslabError(f"{path} is tested with another protocol ({_said(protocol(m))}) "
+                              f"than {files[0]} ({_said(protocol(first))}): ensemble members "
+                              "must share it (--recipe, --test-resize and --crop set it for "
+                              "all)")
+
+
+def _said(protocol: tuple) -> str:
+    if protocol[0] == "imagenet":
+        return f"ImageNet: crop {protocol[2]} of shorter side {protocol[1]}"
+    return "CIFAR: the single original view"
 
 
 def check_classes(loaded: LoadedModel, data_classes: Sequence[str], data_name: str) -> None:

@@ -33,6 +33,10 @@ SAFETENSORS_FORMAT = "reslab-safetensors-v1"
 EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
 EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 
+#: The largest input side (pixels) reslab feeds a net, in an export or a test: 6.4x the
+#: paper's largest test scale (640, Table 4); a mistyped 100000 would ask for 143 GB.
+MAX_INPUT_SIDE = 4096
+
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
@@ -250,7 +254,19 @@ def _fit(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return state
 
 
-def load_weights(model: nn.Module, source: Source) -> nn.Module:
+def _check_finite(state: Mapping[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """ReslabError naming `where` if a floating-point tensor holds NaN or inf: such weights
+    would be scored, predicted and exported as if they were a model (training never saves
+    them)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise ReslabError(f"{where} holds non-finite weights (NaN or inf) in "
+                          f"{_summary(bad, 'tensor(s)', 3)}: refusing to use them (a "
+                          "diverged or damaged file; take an earlier checkpoint)")
+
+
+def load_weights(model: nn.Module, source: Source, *,
+                 where: str | os.PathLike | None = None) -> nn.Module:
     """Load weights into `model` (in place) and return it.
 
     `source` is a path (reslab checkpoint, `torch.save`d state_dict or wrapper,
@@ -259,12 +275,16 @@ def load_weights(model: nn.Module, source: Source) -> nn.Module:
     with `stride_in_1x1=False`, their stride placement, Sec. 3.3 / Table 1); akamaster's
     pytorch_resnet_cifar10 checkpoints are converted (see `_from_akamaster`).
 
-    Raises ReslabError if the source cannot be read or does not fit the model.
+    Raises ReslabError if the source cannot be read, does not fit the model or holds NaN
+    or inf weights (the message names `where`, default: the path, or "the weights").
     """
+    if where is None:
+        where = source if isinstance(source, str | os.PathLike) else "the weights"
     state = read_state_dict(source)
     if _is_akamaster(state):
         state = _from_akamaster(model, state)
     state = _fit(model, state)
+    _check_finite(state, where)
     model.load_state_dict(state, strict=True)
     return model
 
@@ -280,17 +300,18 @@ def _spec_from_dict(d: Any, where: str | os.PathLike) -> nn.Module:
 
 
 def model_from_checkpoint(
-    path: str | os.PathLike | Mapping[str, Any],
+    path: str | os.PathLike | Mapping[str, Any], *, where: str | os.PathLike | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a reslab checkpoint (or reslab-exported .safetensors) describes.
 
     `path` is a file, or what `read_file` already read from one. Returns `(model,
     checkpoint)` with the weights loaded; `checkpoint` is the whole dict (preprocess,
-    classes, iteration, ...), for a safetensors file `{"model_spec": ...}`.
+    classes, iteration, ...), for a safetensors file `{"model_spec": ...}`. Errors name
+    `where` (default: the path, or "the checkpoint").
     """
     obj = path if isinstance(path, Mapping) else read_file(path)
     if isinstance(path, Mapping):
-        path = "the checkpoint"
+        path = where or "the checkpoint"
     meta = obj.get("__metadata__")
     if isinstance(meta, Mapping) and "model_spec" in meta:
         try:
@@ -305,7 +326,7 @@ def model_from_checkpoint(
             "(e.g. `reslab export resnet50 --weights ...`) or use load_weights(model, path)"
         )
     model = _spec_from_dict(ckpt["model_spec"], path)
-    load_weights(model, obj)
+    load_weights(model, obj, where=path)
     return model, ckpt
 
 
@@ -315,6 +336,16 @@ def model_from_checkpoint(
 def _spec_json(model: nn.Module) -> str | None:
     spec = getattr(model, "reslab_spec", None)
     return json.dumps(spec.to_dict()) if spec is not None else None
+
+
+def check_export_target(path: str | os.PathLike, flag: str = "") -> None:
+    """ReslabError unless `path` is new or a regular file (a link to one counts): an export
+    replaces what is there, and a device (/dev/null), FIFO or socket must never be replaced
+    by a file. `flag` (e.g. "--out ") prefixes the path in the message."""
+    path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ReslabError(f"{flag}{path} is not a regular file (a device, FIFO or socket): "
+                          "export to a new file or a regular one")
 
 
 def export_model(
@@ -327,16 +358,24 @@ def export_model(
 
     ONNX and TorchScript take an (N, C, `input_size`, `input_size`) input with a dynamic
     batch dimension N; safetensors holds the state_dict with the model spec as JSON
-    metadata (`model_spec`), so `model_from_checkpoint` can rebuild it.
+    metadata (`model_spec`), so `model_from_checkpoint` can rebuild it. Refused: a `path`
+    that is a folder or not a regular file (`check_export_target`), an `input_size`
+    outside [1, MAX_INPUT_SIDE], and a model with NaN or inf weights.
     """
     if fmt not in EXPORT_FORMATS:
         raise ReslabError(
             f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}"
         )
+    if not 1 <= input_size <= MAX_INPUT_SIDE:
+        raise ReslabError(f"the input size must be from 1 to {MAX_INPUT_SIDE} pixels, got "
+                          f"{input_size}")
     path = Path(path)
     if path.is_dir():  # before the (slow) tracing; the write would refuse it as well
         raise ReslabError(f"{path} is a folder: export to a file, e.g. "
                           f"{path / ('model' + EXPORT_SUFFIXES[fmt])}")
+    check_export_target(path)
+    own = getattr(model, "reslab_spec", None)
+    _check_finite(model.state_dict(), f"the model{f' ({own.name})' if own else ''}")
     was_training = model.training
     model.eval()
     try:

@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from reslab.cli.flag_types import image_side, int_in, worker_count
 from reslab.cli.image_limit import add_max_image_pixels
 from reslab.data import load_image_data
 from reslab.data.imagenet import ImageFolderDataset
@@ -18,6 +19,7 @@ from reslab.errors import ReslabError
 from reslab.inference import (
     LoadedModel,
     check_classes,
+    check_ensemble,
     cifar_scores,
     errors_of,
     imagenet_scores,
@@ -54,17 +56,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="testing protocol (default: the checkpoint's recipe)")
     p.add_argument("--crops", type=int, choices=[1, 10], default=1,
                    help="imagenet protocol: 1 centre crop or the paper's 10 crops")
-    p.add_argument("--scales", type=int, nargs="+", default=None,
+    p.add_argument("--scales", type=image_side, nargs="+", default=None,
                    help="imagenet protocol: fully convolutional multi-scale testing, e.g. "
                    "224 256 384 480 640")
-    p.add_argument("--test-resize", type=int, default=None,
+    p.add_argument("--test-resize", type=image_side, default=None,
                    help="imagenet protocol: shorter side before the crops (default: the "
                    "checkpoint's, paper 256)")
-    p.add_argument("--crop", type=int, default=None,
+    p.add_argument("--crop", type=image_side, default=None,
                    help="imagenet protocol: crop size (default: the checkpoint's, paper 224)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=worker_count, default=0,
                    help="imagenet protocol: DataLoader workers decoding the images")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int_in(1), default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="as for `reslab train` (auto: bf16 on CUDA and on CPUs with native "
@@ -77,12 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        raise ReslabError("--batch-size must be >= 1")
     if args.scales is not None and args.crops != 1:
         raise ReslabError("--scales tests whole images: use it with --crops 1")
-    if args.scales is not None and any(s < 1 for s in args.scales):
-        raise ReslabError("--scales must be positive sizes")
     if args.model and len(args.weights) > 1:
         raise ReslabError("--model names the network of one weights file; ensembles take "
                           "reslab checkpoints")
@@ -102,8 +100,20 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     engine = make_engine(args.device, args.precision)
     members = [] if args.model else [load_model(w, recipe=args.recipe) for w in args.weights]
+    for m in members:  # --test-resize / --crop set every member's protocol
+        if m.recipe == "imagenet":
+            m.test_resize, m.crop = args.test_resize or m.test_resize, args.crop or m.crop
+    if len(members) > 1:
+        check_ensemble(members, args.weights)
     recipe = args.recipe or (members[0].recipe if members else
                              "imagenet" if resolve(args.model).family == "imagenet" else "cifar")
+    unused = [flag for flag, value in (("--crops", args.crops != 1), ("--scales", args.scales),
+                                       ("--test-resize", args.test_resize),
+                                       ("--crop", args.crop)) if value]
+    if recipe == "cifar" and unused:
+        raise ReslabError(f"{', '.join(unused)}: options of the ImageNet protocol; these "
+                          "weights are tested with the CIFAR one (the single original view, "
+                          "Sec. 4.2; --recipe imagenet chooses the other)")
     if recipe == "imagenet":  # reads ROOT/val only
         split = ImageFolderDataset(os.path.join(args.data, "val"))
         if members and set(members[0].classes) < set(split.classes):

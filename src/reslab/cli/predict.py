@@ -7,6 +7,7 @@ import argparse
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from reslab.cli.flag_types import int_in
 from reslab.cli.image_limit import add_max_image_pixels
 from reslab.data.decode import decode_image_file
 from reslab.engine import make_engine
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help="a reslab checkpoint (best.pt, last.pt) or a "
                    "registry name such as cifar10-jpeg75:resnet20 (`reslab weights`)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=int_in(1), default=5, help="classes shown per image")
     p.add_argument("--device", default="auto")
     add_max_image_pixels(p)
     p.set_defaults(func=run)

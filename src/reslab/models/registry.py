@@ -29,6 +29,11 @@ _NAME = re.compile(r"^(cifar_)?(resnet|plain)(\d+)$")
 #: terabyte-sized last layer.
 MAX_NUM_CLASSES = 100_000
 
+#: The deepest network reslab builds: headroom over the paper's deepest, the 1202-layer
+#: CIFAR ResNet (Sec. 4.2, 19.4M parameters), and a guard against a forged or mistyped
+#: depth (resnet600002) building until memory runs out.
+MAX_DEPTH = 2000
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -76,7 +81,10 @@ def resolve(
     if not m:
         raise _unknown(name)
     cifar_prefix, kind, depth_s = m.groups()
-    depth = int(depth_s)
+    depth = int(depth_s) if len(depth_s) <= 6 else MAX_DEPTH + 1  # int() of 5000 digits fails
+    if depth > MAX_DEPTH:
+        raise ReslabError(f"{name.strip()[:40]!r} is too deep: reslab builds nets of at most "
+                          f"{MAX_DEPTH:,} layers (the paper's deepest has 1202)")
     residual = kind == "resnet"
     if not cifar_prefix and depth in IMAGENET_CONFIGS:
         family = "imagenet"
