@@ -19,8 +19,10 @@ from reslab.detection import synthetic_detection, write_coco, write_voc
 from reslab.detection.config import DetectConfig
 from reslab.detection.models import create_detector
 from reslab.detection.trainer import DetectionSource, train_detector
+from reslab.errors import ReslabError
 from reslab.models.registry import create_model
 from reslab.train.checkpoint import Checkpoint
+from reslab.train.recipes import TrainConfig
 from reslab.train.runlog import read_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -189,8 +191,11 @@ def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path, sigterm_at_load
 
     assert timeless(resumed.out / "metrics.jsonl") == timeless(full.out / "metrics.jsonl")
     assert json.loads((resumed.out / "run.json").read_text())["resumed_from"] == 1
-    with pytest.raises(Exception, match="other settings"):
+    with pytest.raises(ReslabError, match="other settings"):
         train_detector(resume_cfg(tmp_path / "cut", resume=True, lr=0.01))
+    with pytest.raises(ReslabError, match="holds a detector's run: continue it with `reslab "
+                       "detect train --resume"):
+        TrainConfig.for_resume(tmp_path / "cut")
 
 
 def test_refusals_are_one_line(folders, tmp_path, capsys):

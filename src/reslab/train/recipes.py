@@ -173,6 +173,9 @@ class TrainConfig:
         if saved is None:
             raise ReslabError(f"{path} records no training config; resume with the full "
                               "command that started the run")
+        if "head" in saved:  # a DetectConfig's (Tables 7-8)
+            raise ReslabError(f"{out} holds a detector's run: continue it with `reslab detect "
+                              f"train --resume --out {out}`")
         saved = {k: v for k, v in saved.items() if k not in _IMAGENET_ONLY or
                  changes.get("recipe", saved.get("recipe")) == "imagenet"}
         data = changes.get("data", saved.get("data"))
