@@ -85,6 +85,17 @@ def run(args: argparse.Namespace) -> int:
         check_export_target(args.out, "--out ")
     if args.model in (None, "auto"):
         obj = read_file(weights)
+        if isinstance(obj.get("model_spec"), Mapping) and obj["model_spec"].get(
+                "task") == "detection":  # `reslab detect train`'s (Tables 7-8)
+            from reslab.detection.export import export_detector
+
+            out = Path(args.out) if args.out else weights.with_name(default_name)
+            if into_folder:
+                out.mkdir(parents=True, exist_ok=True)
+                out = out / (obj["model_spec"]["name"] + EXPORT_SUFFIXES[args.format])
+            print(f"wrote {export_detector(weights, out, args.format)} ({args.format}, "
+                  f"{obj['model_spec']['name']}, input: a list of 3 x H x W images in [0, 1])")
+            return 0
         model, _ = model_from_checkpoint(obj, where=weights)
         _refuse_unused(args, model.reslab_spec.to_dict(), weights)
     else:
