@@ -5,7 +5,9 @@
 #      (torch.compile mode reduce-overhead), and the projected time of the full 64k schedule;
 #   3. if ResNet-20's projection is under 5 minutes, that full schedule on the CIFAR-10 JPEG
 #      copy, with its final test error beside the conventional loop's projected time;
-#   4. with the time left, the precision study (fp32 vs bf16, ResNet-20/56, 3 seeds).
+#   4. detection (issue 16): `reslab detect train`'s loop against a conventional torchvision
+#      reference-style loop (benchmarks/detect_throughput.py), ResNet-50 C4 and FPN at 600 px;
+#   5. with the time left, the precision study (fp32 vs bf16, ResNet-20/56, 3 seeds).
 # Everything it prints is also written under $OUT (default ./gpu-check-out).
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine
@@ -52,7 +54,19 @@ FULL=()
 [ -n "$DATA" ] && FULL=(--full-data "$DATA")
 timeout $((470 - ($(date +%s) - started))) python benchmarks/gpu_throughput.py \
     --out "$OUT" --budget-s 150 ${DRY} "${FULL[@]}"
-echo "== 4. the precision study on the GPU, if time is left (issue 10)"
+echo "== 4. detection throughput (issue 16)"
+if [ -n "$DRY" ]; then
+    DET=(--iterations 2 --warmup 1 --min-size 96 --max-size 128 --backbone resnet18
+         --data synthetic-det:train=8,test=2,size=128,objects=2)
+else
+    DET=(--iterations 30 --warmup 5 --min-size 600 --max-size 1000 --backbone resnet50
+         --batch-size 4 --data synthetic-det:train=256,test=16,size=600,objects=4)
+fi
+for head in c4 fpn; do
+    timeout 120 python benchmarks/detect_throughput.py --head $head "${DET[@]}" \
+        --json "$OUT/detect_throughput_$head.json" 2>&1 | tail -6
+done
+echo "== 5. the precision study on the GPU, if time is left (issue 10)"
 left=$((470 - ($(date +%s) - started)))
 if [ -n "$DRY" ]; then
     echo "(dry run: skipped)"

@@ -235,6 +235,15 @@ def test_export_of_a_resnet_detector_is_one_line(tmp_path, capsys):
     assert not list(tmp_path.glob("det.*.pt")) and not list(tmp_path.glob("*.onnx"))
 
 
+def test_a_detector_given_to_classifier_commands_is_named(tmp_path, capsys):
+    weights = saved_detector(tmp_path / "det.pt", "resnet18")
+    for args in (["eval", "--weights", weights, "--data", "synthetic"],
+                 ["predict", "--weights", weights, weights]):
+        code, _, err = reslab(capsys, *args)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "is a detector checkpoint" in err and "reslab detect" in err
+
+
 @pytest.mark.slow
 def test_vgg16_detector_exports_to_torchscript(tmp_path, capsys):
     weights = saved_detector(tmp_path / "vgg.pt", "vgg16")

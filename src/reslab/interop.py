@@ -291,7 +291,11 @@ def load_weights(model: nn.Module, source: Source, *,
 
 def _spec_from_dict(d: Any, where: str | os.PathLike) -> nn.Module:
     """Build the model a spec read from a file describes, after checking the spec (an
-    absurd num_classes would otherwise allocate terabytes)."""
+    absurd num_classes would otherwise allocate terabytes). A detector's checkpoint (issue
+    16) is named as such rather than as an unknown model."""
+    if isinstance(d, Mapping) and d.get("task") == "detection":
+        raise ReslabError(f"{where} is a detector checkpoint, not a classifier: use "
+                          "`reslab detect eval` / `reslab detect predict` with it")
     try:
         spec = spec_from_dict(d)
     except ReslabError as e:
