@@ -318,3 +318,20 @@ def test_two_ranks_then_resume_on_one(tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [m["iteration"] for m in read_metrics(out / "metrics.jsonl")] == [2, 4]
+
+
+def test_a_test_split_without_objects_reports_no_map(tmp_path, capsys):
+    """Every test box difficult: nothing to score, so mAP is n/a (a line, not a crash)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        write_voc(synthetic_detection("train", **SYNTH), tmp_path / "voc", "trainval")
+        test = synthetic_detection("test", **SYNTH)
+        for r in test.records:
+            r.difficult[:] = True
+        write_voc(test, tmp_path / "voc", "test")
+    code, text, err = reslab(capsys, "detect", "train", "--data", tmp_path / "voc",
+                             "--backbone", "resnet18", "--iterations", "1", "--batch-size", "1",
+                             "--out", tmp_path / "run", *TINY)
+    assert code == 0, err
+    assert "done: 1 iterations" in text and "mAP@.5 n/a" in text
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["map50"] is None

@@ -215,9 +215,9 @@ def run_train(args: argparse.Namespace) -> int:
     last = result.last or {}
     if last:
         print(f"done: {result.iteration} iterations in {result.wall_seconds:.0f} s; "
-              f"{last.get('eval_split', 'test')} mAP@.5 {100 * last['map50']:.2f}% "
-              f"mAP@[.5:.95] {100 * last['map']:.2f}% (best mAP@.5 "
-              f"{100 * result.best_map50:.2f}%); outputs in {result.out}")
+              f"{last.get('eval_split', 'test')} mAP@.5 {_pct(last['map50'])} "
+              f"mAP@[.5:.95] {_pct(last['map'])} (best mAP@.5 "
+              f"{_pct(result.best_map50)}); outputs in {result.out}")
     return 0
 
 

@@ -229,9 +229,14 @@ class DetectionRunLog(RunLog):
 
     def summary(self, record: dict) -> str:
         return (f"iter {record['iteration']}: train loss {record['train_loss']:.3f} | "
-                f"{record['eval_split']} mAP@.5 {100 * record['map50']:.1f}% "
-                f"mAP@[.5:.95] {100 * record['map']:.1f}% | "
+                f"{record['eval_split']} mAP@.5 {_pct(record['map50'])} "
+                f"mAP@[.5:.95] {_pct(record['map'])} | "
                 f"{record['images_per_sec']:.1f} img/s")
+
+
+def _pct(x: float | None) -> str:
+    """A mAP as a percentage; n/a when the split has no object to score."""
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 @dataclass
