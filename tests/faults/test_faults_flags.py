@@ -200,6 +200,24 @@ def test_export_out_with_a_trailing_slash_on_a_file_is_refused(reslab_checkpoint
     assert taken.read_text() == "keep me"
 
 
+def test_export_out_folder_that_cannot_be_made_is_one_line_for_a_detector(tmp_path, capsys):
+    """`--out PATH/` under a file, for a detector checkpoint too (was an OSError traceback)."""
+    from reslab.detection import create_detector
+    from reslab.train.checkpoint import Checkpoint
+
+    det = create_detector("resnet18", "c4", num_classes=3, min_size=64, max_size=64)
+    weights = tmp_path / "det.pt"
+    Checkpoint(model_spec=det.reslab_spec.to_dict(), model=det.state_dict(),
+               preprocess={"mean": torch.zeros(3, 1, 1), "std": torch.ones(3, 1, 1)},
+               classes=["a", "b"]).save(weights)
+    (tmp_path / "afile").write_text("keep me")
+    rc = main(["export", "--weights", str(weights), "--format", "torchscript", "--out",
+               f"{tmp_path / 'afile' / 'sub'}/"])
+    line = _one_error_line(capsys.readouterr().err, "export")
+    assert rc == 2 and "cannot create the folder --out" in line
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
 # ---------------------------------------------------------- sizes bounded when parsed
 
 

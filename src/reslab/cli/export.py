@@ -70,6 +70,16 @@ def _refuse_unused(args: argparse.Namespace, recorded: Mapping, weights: Path) -
                               "weights)")
 
 
+def _make_folder(out: Path, flag_value: str) -> Path:
+    """Create the folder of `--out DIR/` (ReslabError, one line, when it cannot be made)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReslabError(f"cannot create the folder --out {flag_value}: "
+                          f"{e.strerror or e}") from None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     weights = Path(args.weights)
     default_name = weights.name.split(".")[0].replace(":", "-") + EXPORT_SUFFIXES[args.format]
@@ -91,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
             out = Path(args.out) if args.out else weights.with_name(default_name)
             if into_folder:
-                out.mkdir(parents=True, exist_ok=True)
-                out = out / (obj["model_spec"]["name"] + EXPORT_SUFFIXES[args.format])
+                out = _make_folder(out, args.out) / (obj["model_spec"]["name"]
+                                                     + EXPORT_SUFFIXES[args.format])
             print(f"wrote {export_detector(weights, out, args.format)} ({args.format}, "
                   f"{obj['model_spec']['name']}, input: a list of 3 x H x W images in [0, 1])")
             return 0
@@ -116,12 +126,7 @@ def run(args: argparse.Namespace) -> int:
     size = args.input if args.input is not None else (224 if spec.family == "imagenet" else 32)
     out = Path(args.out) if args.out else weights.with_name(default_name)
     if into_folder:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ReslabError(f"cannot create the folder --out {args.out}: "
-                              f"{e.strerror or e}") from None
-        out = out / (spec.name + EXPORT_SUFFIXES[args.format])
+        out = _make_folder(out, args.out) / (spec.name + EXPORT_SUFFIXES[args.format])
     if out.resolve() == weights.resolve():
         raise ReslabError(f"--out {out} would overwrite the weights; choose another path")
     export_model(model, out, args.format, size)
