@@ -407,3 +407,13 @@ def test_a_cache_without_its_last_pt_is_one_line(table2, capsys):
     assert reproduce_table2(root, out) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "last.pt is missing" in line and f"delete {out / 'runs' / 'resnet18'}" in line
+
+
+def test_spellings_of_one_net_in_models_are_one_run():
+    from reslab.experiments.sweep import Settings
+
+    s = Settings(data="synthetic", out=Path("unused"),
+                 models=["resnet8", "RESNET8", "cifar_resnet8", "resnet14", "vgg16", "VGG16"])
+    with pytest.warns(UserWarning, match="more than once"):
+        s.validate()
+    assert s.models == ["resnet8", "resnet14", "vgg16"]

@@ -25,6 +25,7 @@ import torch
 import reslab
 from reslab.engine import pick_device, precision_name
 from reslab.errors import ReslabError
+from reslab.models.registry import resolve
 from reslab.train import trainer
 from reslab.train.recipes import CIFAR_RECIPE, IMAGENET_RECIPE, TrainConfig, same_data
 from reslab.train.runlog import read_metrics
@@ -106,12 +107,23 @@ class Settings:
             if not ok:
                 raise ReslabError(msg)
         if self.models:
-            unique = list(dict.fromkeys(self.models))
-            twice = sorted({m for m in self.models if self.models.count(m) > 1})
+            keys = [_model_key(m) for m in self.models]  # resnet8 = RESNET8 = cifar_resnet8
+            unique = [m for i, m in enumerate(self.models) if keys.index(keys[i]) == i]
+            twice = sorted({m for m, k in zip(self.models, keys, strict=True)
+                            if keys.count(k) > 1})
             if twice:
                 warnings.warn(f"--models names {', '.join(twice)} more than once; each net is "
                               "trained and reported once", stacklevel=2)
             self.models = unique
+
+
+def _model_key(name: str) -> str:
+    """What a --models entry names: the registry's canonical name where it knows it (so
+    spellings of one net are one run), else the lowercased name (e.g. vgg16)."""
+    try:
+        return resolve(name.strip().lower()).name
+    except ReslabError:
+        return name.strip().lower()
 
 
 @dataclass
