@@ -40,7 +40,7 @@ from reslab.detection.models import create_detector, detector_from_spec, is_dete
 from reslab.detection.open_data import open_detection_data
 from reslab.engine import Engine, machine_info, make_engine, precision_reason, versions
 from reslab.errors import ReslabError
-from reslab.train.checkpoint import Checkpoint
+from reslab.train.checkpoint import Checkpoint, check_same_run
 from reslab.train.distributed import World, all_reduce_sum, barrier, init_world
 from reslab.train.run_folder import RunFolder
 from reslab.train.runlog import RunLog, is_finite_model, read_metrics
@@ -385,19 +385,10 @@ def start_detection_run(cfg: DetectConfig) -> DetectionRun:
 
 def check_resumable(ckpt: Checkpoint, cfg: DetectConfig, data: dict, out: Path) -> None:
     """ReslabError unless `cfg` continues the run in `ckpt` (same recipe and data)."""
-    if ckpt.data is not None and ckpt.data != data:
-        diff = ", ".join(f"{k}: {ckpt.data.get(k)!r} there, {data.get(k)!r} now"
-                         for k in sorted(set(data) | set(ckpt.data))
-                         if ckpt.data.get(k) != data.get(k) and k != "classes")
-        raise ReslabError(f"{out} was trained on other data ({diff or 'other classes'}): "
-                          "resume with the same --data and splits")
-    if ckpt.config is not None:
-        changes = cfg.changes_from(DetectConfig.from_dict(ckpt.config))
-        if changes:
-            said = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changes.items())
-            raise ReslabError(f"{out} holds a run with other settings ({said}); resume with "
-                              "the same settings (`reslab detect train --resume --out DIR` "
-                              "reuses them) or choose another --out")
+    changes = (cfg.changes_from(DetectConfig.from_dict(ckpt.config))
+               if ckpt.config is not None else {})
+    check_same_run(ckpt, data, changes, out, data_flags="--data and splits",
+                   resume_command="reslab detect train --resume --out DIR")
 
 
 def _init_note(cfg: DetectConfig, model: nn.Module) -> str:

@@ -97,6 +97,25 @@ class Checkpoint:
         return cls(**{k: v for k, v in obj.items() if k in known})
 
 
+def check_same_run(ckpt: Checkpoint, data: dict, changes: dict[str, tuple[Any, Any]],
+                   out: Path, *, data_flags: str, resume_command: str) -> None:
+    """ReslabError unless a resume continues the run in `ckpt`: the same data (its identity,
+    `data`) and no `changes` of settings (the config's `changes_from` the saved one). One
+    check for every task (classification and detection); `data_flags` and `resume_command`
+    name the task's flags in the message."""
+    if ckpt.data is not None and ckpt.data != data:
+        diff = ", ".join(f"{k}: {ckpt.data.get(k)!r} there, {data.get(k)!r} now"
+                         for k in sorted(set(data) | set(ckpt.data))
+                         if ckpt.data.get(k) != data.get(k) and k != "classes")
+        raise ReslabError(f"{out} was trained on other data ({diff or 'other classes'}): "
+                          f"resume with the same {data_flags}")
+    if changes:
+        said = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changes.items())
+        raise ReslabError(f"{out} holds a run with other settings ({said}); resume with "
+                          f"the same settings (`{resume_command}` reuses them) or choose "
+                          "another --out")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint at `path` as a plain dict (`Checkpoint.load(path).to_dict()`)."""
     return Checkpoint.load(path).to_dict()

@@ -28,7 +28,7 @@ from reslab.data import ImageData, Preprocess
 from reslab.engine import Engine, machine_info, make_engine, precision_reason, versions
 from reslab.errors import ReslabError
 from reslab.models.registry import ModelSpec, build, resolve
-from reslab.train.checkpoint import Checkpoint
+from reslab.train.checkpoint import Checkpoint, check_same_run
 from reslab.train.distributed import World, all_reduce_sum, barrier, init_world
 from reslab.train.recipes import TrainConfig
 from reslab.train.run_folder import RunFolder
@@ -286,19 +286,10 @@ def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, spec: ModelSpec, data: d
         raise ReslabError(f"{out / 'last.pt'} is a {describe(ckpt.model_spec)} run, not "
                           f"{describe(spec.to_dict())}: resume with the same --model and "
                           "--shortcut")
-    if ckpt.data is not None and ckpt.data != data:
-        diff = ", ".join(f"{k}: {ckpt.data.get(k)!r} there, {data.get(k)!r} now"
-                         for k in sorted(set(data) | set(ckpt.data))
-                         if ckpt.data.get(k) != data.get(k) and k != "classes")
-        raise ReslabError(f"{out} was trained on other data ({diff or 'other classes'}): "
-                          "resume with the same --data and --val-split")
-    if ckpt.config is not None:
-        changes = cfg.changes_from(TrainConfig.from_dict(ckpt.config))
-        if changes:
-            said = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changes.items())
-            raise ReslabError(f"{out} holds a run with other settings ({said}); resume with "
-                              "the same settings (`reslab train --resume --out DIR` reuses "
-                              "them) or choose another --out")
+    changes = (cfg.changes_from(TrainConfig.from_dict(ckpt.config))
+               if ckpt.config is not None else {})
+    check_same_run(ckpt, data, changes, out, data_flags="--data and --val-split",
+                   resume_command="reslab train --resume --out DIR")
 
 
 def build_run(cfg: TrainConfig, engine: Engine, world: World, folder: RunFolder, source,
