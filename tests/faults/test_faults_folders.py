@@ -19,6 +19,7 @@ import pytest
 import torch
 from torchvision.io import encode_png
 
+from reslab.data import folder as folder_mod
 from reslab.data import load_image_data
 from reslab.data.imagenet import ImageFolderDataset, decode_image_file
 from reslab.data.scan import read_regular_file
@@ -203,6 +204,69 @@ def test_imagenet_corrupt_image_under_skip_corrupt(tmp_path):
     with pytest.warns(UserWarning, match="dog/0.png"):
         img, label = ds[2]
     assert img.shape == (3, 8, 8) and label == 1  # dog/1.png stands in
+
+
+# ---- an image deleted between the scan and its read -------------------------------------------
+
+
+def test_imagenet_image_deleted_after_the_scan_is_one_line_naming_it(tmp_path):
+    root = make_folder(tmp_path / "imnet", splits=("train", "val"))
+    ds = ImageFolderDataset(root / "val")
+    gone = Path(ds.samples[2][0])  # val/dog/0.png
+    gone.unlink()
+    with pytest.raises(ReslabError, match=r"image .*dog.0.png was gone when read \(deleted or "
+                       r"moved after .*val was scanned\)") as e:
+        ds[2]
+    assert "Errno" not in str(e.value) and "\n" not in str(e.value)
+    ds = ImageFolderDataset(root / "train", skip_corrupt=True)
+    Path(ds.samples[2][0]).unlink()
+    with pytest.warns(UserWarning, match="dog/0.png"):
+        img, label = ds[2]
+    assert img.shape == (3, 8, 8) and label == 1  # dog/1.png stands in
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_cifar_folder_image_deleted_after_the_scan(tmp_path, monkeypatch, skip):
+    root = make_folder(tmp_path / "src")
+    real = folder_mod._dir_listing
+
+    def listed_then_deleted(*a, **k):
+        listing = real(*a, **k)
+        (root / "test" / "dog" / "0.png").unlink()
+        return listing
+
+    monkeypatch.setattr(folder_mod, "_dir_listing", listed_then_deleted)
+    if not skip:
+        with pytest.raises(ReslabError, match=r"image .*dog.0.png was gone when read.*"
+                           "skip-corrupt") as e:
+            load_image_data(str(root), progress=False)
+        assert "Errno" not in str(e.value) and "FileNotFoundError" not in str(e.value)
+        return
+    with pytest.warns(UserWarning, match="dog/0.png"):
+        data = load_image_data(str(root), skip_corrupt=True, progress=False)
+    assert len(data.test) == 5 and data.classes == list(CLASSES)
+
+
+def test_cifar_image_rewritten_with_its_mtime_set_back_is_decoded_again(tmp_path):
+    """The decoded-image cache must not give an old picture for a file rewritten with the
+    same size and modification time (`cp -p` of another image, `touch -r`)."""
+    root = make_folder(tmp_path / "src")
+    img = root / "test" / "dog" / "0.png"
+
+    def png(value: int) -> bytes:  # uncompressed: the same size whatever the pixels
+        return encode_png(torch.full((3, 8, 8), value, dtype=torch.uint8),
+                          compression_level=0).numpy().tobytes()
+
+    img.write_bytes(png(10))
+    before = load_image_data(str(root), progress=False).test.images
+    st = img.stat()
+    time.sleep(0.05)  # past the file system's time granularity (ctime is the kernel's clock)
+    img.write_bytes(png(200))
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (img.stat().st_size, img.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    after = load_image_data(str(root), progress=False).test.images
+    changed = (before != after).flatten(1).any(1).nonzero().flatten().tolist()
+    assert len(changed) == 1 and int(after[changed[0]].max()) == 200
 
 
 # ---- a big folder scans fast (issue 11) ------------------------------------------------------

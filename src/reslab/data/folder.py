@@ -4,8 +4,9 @@ as a directory or a `.tar` / `.tar.gz` / `.tgz` of one, possibly under one top f
 Every image is decoded once (`reslab.data.decode`: RGB, 16-bit images scaled to 8 bits,
 images over the pixel limit refused before decoding) into a uint8 tensor and the result is
 cached in `reslab_home()/cache/<key>.pt`, the key hashing the source's absolute path,
-size and mtime (and the pixel limit), so a second run reads one file instead of decoding
-again. Images are
+size, modification and change times and inode (of every file, for a directory; and the
+pixel limit), so a second run reads one file instead of decoding again, and a file
+rewritten with its modification time set back (`cp -p`) is decoded again. Images are
 kept at their size (CIFAR-like folders, Sec. 4.2): all images must share one size.
 
 Directories are scanned by `reslab.data.scan` (as ImageNet folders are): files named
@@ -38,6 +39,7 @@ from reslab.data.scan import (
     is_image_name,
     read_regular_file,
     scan_split,
+    vanished_error,
 )
 from reslab.errors import ReslabError
 
@@ -167,9 +169,12 @@ def _source_key(path: Path) -> str:
     h = hashlib.sha256(CACHE_FORMAT.encode())
     path = path.resolve()
     st = path.stat()
-    h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{max_image_pixels()}".encode())
+    # Size and mtime alone miss a file rewritten with its mtime set back (`cp -p`,
+    # `touch -r`): the change time and inode, which nothing sets back, are hashed too.
+    h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|"
+             f"{max_image_pixels()}".encode())
     if path.is_dir():
-        # A directory's own mtime misses edits deeper down: hash every file's stat (of
+        # A directory's own times miss edits deeper down: hash every file's stat (of
         # the link itself when its target is missing).
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
@@ -182,7 +187,8 @@ def _source_key(path: Path) -> str:
                         s = os.lstat(p)
                     except OSError:
                         continue  # gone meanwhile
-                h.update(f"{p}|{s.st_mode}|{s.st_size}|{s.st_mtime_ns}".encode())
+                h.update(f"{p}|{s.st_mode}|{s.st_size}|{s.st_mtime_ns}|{s.st_ctime_ns}|"
+                         f"{s.st_ino}".encode())
     return h.hexdigest()[:32]
 
 
@@ -226,12 +232,14 @@ def _decode_all(listing: _Listing, source: Path, skip_corrupt: bool, progress: b
                     img = _decode(data, shown)
                 except Exception as e:
                     if not skip_corrupt:
+                        skip = ", or pass skip_corrupt=True (--skip-corrupt) to skip it"
+                        if isinstance(e, FileNotFoundError):  # deleted since the scan
+                            raise vanished_error(shown, source, skip) from None
                         why = (str(e) if isinstance(e, ReslabError) else
+                               f"cannot read image {shown} ({e.strerror or e})"
+                               if isinstance(e, OSError) else
                                f"cannot decode image {shown} ({type(e).__name__}: {e})")
-                        raise ReslabError(
-                            f"{why}; fix or delete it, or pass skip_corrupt=True "
-                            "(--skip-corrupt) to skip it"
-                        ) from None
+                        raise ReslabError(f"{why}; fix or delete it{skip}") from None
                     warnings.warn(f"skipping unreadable image {shown}", stacklevel=2)
                     out["skipped"].append(shown)
                     continue

@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from reslab.data.augment import Preprocess, per_channel_mean_std, per_pixel_mean
 from reslab.data.decode import decode_image_file
-from reslab.data.scan import class_folders, scan_split
+from reslab.data.scan import class_folders, scan_split, vanished_error
 from reslab.errors import ReslabError
 
 # AlexNet's (Krizhevsky et al. 2012) principal components of ImageNet RGB pixels, in [0, 1]
@@ -283,10 +283,11 @@ class ImageFolderDataset(Dataset):
     missing class would shift every label after it). Symbolic links are followed only inside
     the data set (the folder holding `train/`, `val/` for such a split; else `root`).
 
-    A corrupt image raises ReslabError naming it when loaded. With `skip_corrupt`, the scan
-    skips non-files (with a warning) and a corrupt image is replaced, with a warning, by
-    the next readable image of the split (with that image's label), so that batches stay
-    full: meant for training; evaluate without it, so that every image counts once.
+    A corrupt image, or one deleted since the scan, raises ReslabError naming it when
+    loaded. With `skip_corrupt`, the scan skips non-files (with a warning) and such an
+    image is replaced, with a warning, by the next readable image of the split (with that
+    image's label), so that batches stay full: meant for training; evaluate without it, so
+    that every image counts once.
     """
 
     def __init__(
@@ -366,6 +367,8 @@ class ImageFolderDataset(Dataset):
             image = self.loader(path)
         except ReslabError as e:
             if not self.skip_corrupt:
+                if not os.path.lexists(path):  # deleted or moved since the scan
+                    raise vanished_error(path, self.root) from None
                 raise ReslabError(f"{e}; remove or replace the file") from None
             image, target = self._replacement(index)
         if self.transform is not None:

@@ -62,6 +62,15 @@ def not_a_file_error(path: str, what: str | None = None) -> ReslabError:
     return ReslabError(f"{path} is {what or not_a_file(path)}, not an image file; {SKIP_HINT}")
 
 
+def vanished_error(path: str | os.PathLike, root: str | os.PathLike,
+                   hint: str = "") -> ReslabError:
+    """One line for an image listed when `root` was scanned but gone when read (deleted or
+    moved meanwhile); `hint` (e.g. how to skip it) ends the message."""
+    return ReslabError(f"image {os.fspath(path)} was gone when read (deleted or moved after "
+                       f"{os.fspath(root)} was scanned): restore it, or run again to scan the "
+                       f"folder anew{hint}")
+
+
 def read_regular_file(path: str | os.PathLike) -> bytearray:
     """The bytes of a regular file; ReslabError for anything else, without blocking on a
     FIFO (it is opened non-blocking and checked before reading)."""
