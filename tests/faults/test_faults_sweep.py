@@ -5,6 +5,7 @@ reproduces the fault on tiny synthetic runs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from torchvision.io import encode_png
 import reslab.cli.train  # noqa: F401  (binds trainer.train before any test patches it)
 from reslab.cli import main
 from reslab.errors import ReslabError
-from reslab.experiments import imagenet
+from reslab.experiments import imagenet, sweep
 from reslab.experiments.sweep import RunSpec, Settings, check_same_config, run_sweep
 from reslab.train import runlog, trainer
 from reslab.train.checkpoint import Checkpoint
@@ -393,12 +394,97 @@ def test_cached_evaluations_follow_the_images_and_the_weights(table2, monkeypatc
     os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
     assert reproduce_table2(root, out) == 0
     assert calls == ["10crop"] * 2
-    last = out / "runs" / "resnet18" / "last.pt"  # other weights
-    os.utime(last, ns=(last.stat().st_atime_ns, last.stat().st_mtime_ns + 10**9))
+    last = out / "runs" / "resnet18" / "last.pt"  # touched only: the same weights, cached
+    st = last.stat()
+    os.utime(last, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert reproduce_table2(root, out) == 0
+    assert calls == ["10crop"] * 2
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)  # other weights, the
+    next(iter(ckpt["model"].values())).add_(1.0)  # same modification time (`cp -p`)
+    torch.save(ckpt, last)
+    os.utime(last, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert reproduce_table2(root, out) == 0
     assert calls == ["10crop"] * 3
     cache = json.loads((out / "runs" / "resnet18" / "eval-10crop.json").read_text())
     assert set(cache["key"]) == {"weights", "data", "protocol", "precision"}
+
+
+def test_weights_of_the_same_size_and_mtime_are_not_served_from_the_cache(tmp_path,
+                                                                          monkeypatch):
+    """Two checkpoints of one net have the same size; with the modification time set back
+    (`cp -p`, `touch -r`, or within the file system's time granularity) the second must
+    still be evaluated, not answered from the first's cached evaluation."""
+    root = make_tiny_imagenet(tmp_path / "inet", classes=2, train=1, val=1)
+    s = Settings(data=str(root), out=tmp_path / "out", device="cpu")
+    run = tmp_path / "out" / "runs" / "resnet18"
+    run.mkdir(parents=True)
+    last = run / "last.pt"
+    o = imagenet.RunOutcome("resnet18", None, run, {}, [], False)
+    # a "model" is the file's bytes: A classifies both val images right, B both wrong
+    monkeypatch.setattr(imagenet, "load_model", lambda path: Path(path).read_bytes())
+    calls = []
+
+    def scores(s, loaded, protocol, engine=None):
+        calls.append(loaded)
+        right = torch.eye(2) if loaded.startswith(b"A") else 1 - torch.eye(2)
+        return right, torch.tensor([0, 1])
+
+    monkeypatch.setattr(imagenet, "protocol_scores", scores)
+    last.write_bytes(b"A" * 64)
+    st = last.stat()
+    assert imagenet.evaluate_run(s, o, "10crop")["top1_error"] == 0
+    assert imagenet.evaluate_run(s, o, "10crop")["top1_error"] == 0 and len(calls) == 1
+    last.write_bytes(b"B" * 64)  # same size, the old modification time
+    os.utime(last, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert last.stat().st_size == st.st_size and last.stat().st_mtime_ns == st.st_mtime_ns
+    assert imagenet.evaluate_run(s, o, "10crop")["top1_error"] == 100
+    assert calls == [b"A" * 64, b"B" * 64]
+    key = json.loads((run / "eval-10crop.json").read_text())["key"]
+    assert key["weights"] == {"sha256": hashlib.sha256(b"B" * 64).hexdigest()}
+
+
+def test_a_val_image_gone_after_the_scan_is_one_line_in_the_cache_key(tmp_path,
+                                                                      monkeypatch):
+    root = make_tiny_imagenet(tmp_path / "inet", classes=2, train=1, val=2)
+    real = imagenet.ImageFolderDataset
+
+    def scanned_then_deleted(path, *a, **k):
+        ds = real(path, *a, **k)
+        os.unlink(ds.samples[1][0])  # deleted between the scan and its stat
+        return ds
+
+    monkeypatch.setattr(imagenet, "ImageFolderDataset", scanned_then_deleted)
+    with pytest.raises(ReslabError, match=r"image .*class0.img1.JPEG was gone when read"):
+        imagenet.val_fingerprint(Settings(data=str(root), out=tmp_path / "out"))
+
+
+# ---- the reslab a --jobs worker imports ----------------------------------------------------
+
+def test_jobs_workers_import_this_reslab_without_reordering_the_users_path(tmp_path):
+    ours = sweep._package_dir()
+    user = os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": user}
+    link = tmp_path / "link"
+    # the worker would import this very reslab (installed, or editable): nothing added, so
+    # the folder holding it (site-packages, for an install) never goes before the user's
+    assert sweep.worker_env(env, ours, ours, link) == env
+    assert not link.exists()
+    # it would find none (a checkout put on sys.path by a script): appended, never first
+    assert sweep.worker_env(env, ours, None, link)["PYTHONPATH"] == \
+        os.pathsep.join([user, str(ours.parent)])
+    # it would import another copy: only a link to this one goes first
+    decoy = tmp_path / "decoy"
+    (decoy / "reslab").mkdir(parents=True)
+    (decoy / "reslab" / "__init__.py").write_text("raise ImportError('another reslab')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(decoy), user])}
+    assert sweep.child_reslab(env) == (decoy / "reslab").resolve()
+    got = sweep.worker_env(env, ours, sweep.child_reslab(env), link)
+    assert got["PYTHONPATH"] == os.pathsep.join([str(link), str(decoy), user])
+    assert os.listdir(link) == ["reslab"] and (link / "reslab").resolve() == ours
+    assert sweep.child_reslab(got) == ours
+    # this checkout's tests: the worker imports this reslab as it is
+    assert sweep.child_reslab(os.environ) == ours
+    assert sweep.worker_env(os.environ, ours, ours, link) == dict(os.environ)
 
 
 def test_a_cache_without_its_last_pt_is_one_line(table2, capsys):

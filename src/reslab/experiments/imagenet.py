@@ -9,8 +9,10 @@ multi-scale test sizes follow the crop: the paper's {224, 256, 384, 480, 640} at
 scaled in proportion for smaller crops.
 
 A run's evaluation is cached in runs/<label>/eval-<protocol>.json under a key of what it
-was computed on: the weights (last.pt's size and modification time), the validation
-images (their number and a fingerprint of their paths, labels, sizes and times), the
+was computed on: the weights (a SHA-256 of last.pt's bytes: a checkpoint rewritten with
+the same size and modification time is still another one), the validation images (their
+number and a fingerprint of their paths, labels, sizes, modification and change times and
+inodes: `cp -p` or `touch -r` set the modification time back, never the change time), the
 protocol and the precision; any change recomputes it.
 """
 
@@ -25,6 +27,7 @@ import torch
 
 from reslab.atomic_write import atomic_write_json
 from reslab.data.imagenet import ImageFolderDataset
+from reslab.data.scan import vanished_error
 from reslab.engine import Engine, make_engine
 from reslab.errors import ReslabError
 from reslab.experiments.report import DataInfo, Report, md_table
@@ -112,21 +115,34 @@ def weights_of(o: RunOutcome) -> Path:
 
 def val_fingerprint(s: Settings) -> dict:
     """The validation images' identity: their number and a SHA-256 of each one's path
-    (under val/), label, size and modification time."""
+    (under val/), label, size, modification and change times and inode. ReslabError naming
+    an image that vanished after the scan."""
     val = ImageFolderDataset(os.path.join(s.data, "val"))
     root, digest = os.path.join(s.data, "val"), hashlib.sha256()
     for path, label in val.samples:
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise vanished_error(path, root) from None
         digest.update(f"{os.path.relpath(path, root)}\t{label}\t{st.st_size}\t"
-                      f"{st.st_mtime_ns}\n".encode())
+                      f"{st.st_mtime_ns}\t{st.st_ctime_ns}\t{st.st_ino}\n".encode())
     return {"images": len(val.samples), "sha256": digest.hexdigest()}
 
 
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (checkpoints can be gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cache_key(s: Settings, last: Path, protocol: str, engine: Engine) -> dict:
-    """What an evaluation of `last` under `protocol` depends on (see the module's doc)."""
-    st = last.stat()
-    return {"weights": {"size": st.st_size, "mtime_ns": st.st_mtime_ns},
-            "data": val_fingerprint(s), "protocol": protocol, "precision": engine.precision}
+    """What an evaluation of `last` under `protocol` depends on (see the module's doc):
+    the weights by their content, never by size and time alone."""
+    return {"weights": {"sha256": file_sha256(last)}, "data": val_fingerprint(s),
+            "protocol": protocol, "precision": engine.precision}
 
 
 def _cached(cache: Path, key: dict) -> dict | None:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -410,6 +410,8 @@ def _train_in_parallel(todo: list[RunSpec], jobs: int, log: Callable[[str], None
     failed, stopped, not_started = [], [], []
     told = 0  # stop signals passed on to the workers
     with tempfile.TemporaryDirectory(prefix="reslab-sweep-") as tmp:
+        env = worker_env(os.environ, _package_dir(), child_reslab(os.environ),
+                         Path(tmp) / "path")
         try:
             while running or (queued and not stop.seen()):
                 while queued and len(running) < jobs and not stop.seen():
@@ -417,7 +419,8 @@ def _train_in_parallel(todo: list[RunSpec], jobs: int, log: Callable[[str], None
                     cfg = spec.cfg
                     if gpus and device.index is None:
                         cfg = dataclasses.replace(cfg, device=f"cuda:{k % gpus}")
-                    running.append(_Worker(spec.label, cfg, threads, Path(tmp) / f"{k}.json"))
+                    running.append(_Worker(spec.label, cfg, threads, Path(tmp) / f"{k}.json",
+                                           env))
                 if stop.seen() and told < min(max(stop.count, 1), 3):
                     told = min(max(stop.count, 1), 3)
                     for worker in running:
@@ -463,16 +466,67 @@ sys.exit(worker_main(sys.argv[1:], early))
 """
 
 
+def _package_dir() -> Path:
+    """The folder of the reslab package this process runs."""
+    return Path(reslab.__file__).resolve().parent
+
+
+_PROBE = ("import importlib.util as u; s = u.find_spec('reslab'); "
+          "print(s.origin if s and s.origin else '')")
+
+
+def child_reslab(environ: Mapping[str, str]) -> Path | None:
+    """The package folder of the reslab that `python -c` started with `environ` (and this
+    process's interpreter and working directory, as a worker is) would import; None if it
+    would find none. Asked of such a process (it imports nothing, ~50 ms): its path also
+    holds what `.pth` files and editable installs add. A failed probe gives
+    `Path("<unknown>")`, which `worker_env` treats as another copy."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE], env=dict(environ),
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=60, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return Path("<unknown>")
+    return Path(out).resolve().parent if out else None
+
+
+def worker_env(environ: Mapping[str, str], ours: Path, child_finds: Path | None,
+               link_dir: Path) -> dict[str, str]:
+    """The environment of a `--jobs` worker, which must import this process's reslab (the
+    package folder `ours`) without reordering the user's PYTHONPATH: `environ` as it is
+    when the child would import `ours` anyway (`child_finds`, see `child_reslab`); with
+    `ours`'s parent folder appended to PYTHONPATH when it would find no reslab (e.g. a
+    source checkout put on `sys.path` by a script); and, when it would import another
+    copy, with `link_dir` first, a folder made here holding only a link `reslab` to
+    `ours` (prepending `ours`'s parent, possibly site-packages, would shadow the user's
+    entries for every package it holds)."""
+    env = dict(environ)
+    user = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []  # as it is (even "a::b")
+    if child_finds is not None and child_finds.resolve() == ours.resolve():
+        return env
+    if child_finds is None:
+        paths = [*user, str(ours.parent)]
+    else:
+        link = link_dir / "reslab"
+        try:
+            link_dir.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                os.symlink(ours, link, target_is_directory=True)
+            paths = [str(link_dir), *user]
+        except OSError:  # no links here: the parent folder first, as the only way left
+            paths = [str(ours.parent), *user]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
 class _Worker:
     """One run of `--jobs` in a process of its own: `python -c _WORKER_CODE CONFIG THREADS
     PARENT_PID RESULT`, in its own session (a Ctrl-C reaches the parent only, which passes
     the stop on) and writing its outcome to RESULT (JSON)."""
 
-    def __init__(self, label: str, cfg: TrainConfig, threads: int, result: Path) -> None:
+    def __init__(self, label: str, cfg: TrainConfig, threads: int, result: Path,
+                 env: dict[str, str]) -> None:
         self.label, self.result_path = label, result
-        src = str(Path(reslab.__file__).resolve().parent.parent)  # this reslab, not another
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [src, *filter(None, [os.environ.get("PYTHONPATH")])]))
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER_CODE, json.dumps(cfg.to_dict()), str(threads),
              str(os.getpid()), str(result)],
