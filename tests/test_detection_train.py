@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,12 +19,12 @@ from reslab.cli import main
 from reslab.detection import synthetic_detection, write_coco, write_voc
 from reslab.detection.config import DetectConfig
 from reslab.detection.models import create_detector
-from reslab.detection.trainer import DetectionSource, train_detector
+from reslab.detection.trainer import DetectionRunLog, DetectionSource, train_detector
 from reslab.errors import ReslabError
 from reslab.models.registry import create_model
 from reslab.train.checkpoint import Checkpoint
 from reslab.train.recipes import TrainConfig
-from reslab.train.runlog import read_metrics
+from reslab.train.runlog import RunLog, read_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
@@ -335,3 +336,15 @@ def test_a_test_split_without_objects_reports_no_map(tmp_path, capsys):
     assert code == 0, err
     assert "done: 1 iterations" in text and "mAP@.5 n/a" in text
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["map50"] is None
+
+
+def test_a_divergence_suggests_only_flags_of_the_command_that_ran(tmp_path, capsys):
+    def accepted(*command: str) -> set[str]:
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        return set(re.findall(r"--[a-z][a-z0-9-]*", capsys.readouterr().out))
+
+    for log, command in ((DetectionRunLog, ("detect", "train")), (RunLog, ("train",))):
+        message = str(log(tmp_path, {}, [], "t", 1, 0, main=False).diverged("loss became nan", 3))
+        suggested = set(re.findall(r"--[a-z][a-z0-9-]*", message))
+        assert "--lr" in suggested and suggested <= accepted(*command), message

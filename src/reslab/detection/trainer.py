@@ -217,6 +217,8 @@ class DetectionRunLog(RunLog):
     """The run log with a detection record: losses and mAPs instead of errors."""
 
     scalars = ("train_loss", *LOSS_KEYS, "map50", "map", "voc07_map50", "lr", "images_per_sec")
+    #: `reslab detect train` has no warm-up flag (Appendix A's recipe has no warm-up)
+    divergence_hint = "Try a lower --lr (the paper's is 0.001)."
 
     def on_log(self, iteration: int, loss: float, error: float | None, lr: float,
                ips: float) -> None:

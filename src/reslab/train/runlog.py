@@ -83,9 +83,12 @@ def precision_history(run_json: Path, precision: str, start: int) -> list[dict]:
 class RunLog:
     """Writes what a run produces into `out`; `on_eval` is the loop's one call per
     evaluation, `on_log` its one call per log step. What a record holds is the task's: a
-    subclass (detection's) sets `scalars` and overrides `summary` and `plot_curves`."""
+    subclass (detection's) sets `scalars` and `divergence_hint` and overrides `summary` and
+    `plot_curves`."""
 
     scalars: tuple[str, ...] = SCALARS  # a record's values written to TensorBoard
+    #: What to try after a divergence: flags of the command that ran (`reslab train`'s).
+    divergence_hint = "Try a lower --lr (or --warmup)."
 
     def __init__(self, out: Path, info: dict[str, Any], records: list[dict], title: str,
                  total: int, start: int, main: bool = True, progress: bool = True,
@@ -170,7 +173,7 @@ class RunLog:
                 "no checkpoint of this run was written" if not last.exists() else
                 f"{last} (from before this session) is intact")
         return ReslabError(f"{what} at iteration {iteration}; stopped without saving the "
-                           f"diverged weights. {good}. Try a lower --lr (or --warmup).")
+                           f"diverged weights. {good}. {self.divergence_hint}")
 
     def close(self, status: str, iteration: int, wall: float, best_error: float | None) -> None:
         if self.bar is not None:
