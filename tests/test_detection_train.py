@@ -3,6 +3,7 @@ after SIGTERM, and the refusals (issue 16; Tables 7-8, Appendix A)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -348,3 +349,65 @@ def test_a_divergence_suggests_only_flags_of_the_command_that_ran(tmp_path, caps
         message = str(log(tmp_path, {}, [], "t", 1, 0, main=False).diverged("loss became nan", 3))
         suggested = set(re.findall(r"--[a-z][a-z0-9-]*", message))
         assert "--lr" in suggested and suggested <= accepted(*command), message
+
+
+# ---- --data recorded absolute (the shared `absolute_data` of TrainConfig and DetectConfig)
+
+
+def test_detect_data_is_recorded_absolute_and_synthetic_specs_are_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("voc07", "voc12", "test=2", "synthetic-det"):  # decoys for the specs
+        (tmp_path / name).mkdir()
+    assert DetectConfig(data="voc07").data == str(tmp_path / "voc07")
+    assert DetectConfig(data="./voc07/").data == str(tmp_path / "voc07")
+    assert DetectConfig(data="voc07,voc12").data == f"{tmp_path / 'voc07'},{tmp_path / 'voc12'}"
+    assert DetectConfig(data="voc07, nosuch").data == f"{tmp_path / 'voc07'},nosuch"
+    for spec in ("synthetic-det", "synthetic-det:train=4,test=2", "Synthetic-Det:size=64"):
+        assert DetectConfig(data=spec).data == spec
+    assert TrainConfig(data="voc07").data == str(tmp_path / "voc07")  # the same helper
+    assert TrainConfig(data="synthetic:64:10").data == "synthetic:64:10"
+    # a resume that spells the same roots otherwise continues the same data
+    a, b = DetectConfig(data="voc07,voc12"), DetectConfig(data="voc07,voc12", lr=0.01)
+    same = dataclasses.replace(a, data="./voc07,voc12/")
+    assert same.changes_from(a) == {} and set(b.changes_from(a)) == {"lr"}
+
+
+def tiny_voc_cfg(data: str, out: Path) -> DetectConfig:
+    return DetectConfig(backbone="resnet18", head="c4", data=data, iterations=1, batch_size=2,
+                        trainable_layers=0, out=str(out), **TINY_CFG)
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    monkeypatch.setattr(DetectionRunLog, "plot_curves", lambda self: None)  # ~1 s each
+
+
+def test_detect_resume_from_another_folder_finds_relative_data(folders, tmp_path, monkeypatch,
+                                                               no_plots):
+    monkeypatch.chdir(folders["voc"].parent)
+    out = tmp_path / "run"
+    assert train_detector(tiny_voc_cfg("voc", out)).status == "finished"
+    monkeypatch.chdir(tmp_path)  # no ./voc here
+    cfg = DetectConfig.for_resume(out)
+    assert cfg.data == str(folders["voc"])
+    resumed = train_detector(cfg)  # opens the data and checks it is the run's
+    assert (resumed.status, resumed.iteration) == ("finished", 1)
+
+
+def test_a_run_recorded_with_relative_data_resumes_from_its_folder(folders, tmp_path,
+                                                                    monkeypatch, no_plots):
+    """Runs from before --data was recorded absolute: their data identity names the roots
+    as spelled then, so a resume from their folder keeps that spelling."""
+    monkeypatch.chdir(folders["voc"].parent)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr("reslab.detection.config.absolute_data", lambda data, union: data)
+        assert train_detector(tiny_voc_cfg("voc", out)).status == "finished"
+    assert Checkpoint.load(out / "last.pt").config["data"] == "voc"
+    cfg = DetectConfig.for_resume(out)
+    assert cfg.data == "voc"
+    assert train_detector(cfg).status == "finished"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ReslabError, match="'voc' is a relative path that does not exist from "
+                       ".*: resume from the folder the run was started in"):
+        DetectConfig.for_resume(out)

@@ -25,6 +25,7 @@ from reslab.detection.models import BACKBONES, HEADS, PAPER_ASPECT_RATIOS, VGG
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import Checkpoint
+from reslab.train.recipes import absolute_data, missing_relative_part, same_data
 from reslab.train.schedule import scale_milestones
 
 RECIPES = ("voc", "coco")
@@ -124,6 +125,8 @@ class DetectConfig:
             object.__setattr__(self, "backbone", self.backbone.strip().lower())
         if self.out is None:
             object.__setattr__(self, "out", f"runs/detect-{self.backbone}-{self.head}")
+        # each root recorded absolute, so that a resume from another folder finds the data
+        object.__setattr__(self, "data", absolute_data(self.data, union=True))
         for name in ("milestones", "anchor_sizes", "aspect_ratios"):  # lists from JSON
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
@@ -161,7 +164,18 @@ class DetectConfig:
         if saved is None or "head" not in saved:
             raise ReslabError(f"{path} records no detection config (is it a classifier's "
                               "run? use `reslab train --resume`)")
-        return cls.from_dict({**saved, **changes, "out": str(out), "resume": True})
+        data = saved.get("data")
+        missing = None if "data" in changes else missing_relative_part(data, union=True)
+        if missing is not None:  # runs made before --data was recorded absolute
+            raise ReslabError(f"{path} was trained on --data {data!r}; {missing!r} is a "
+                              f"relative path that does not exist from {os.getcwd()}: resume "
+                              "from the folder the run was started in")
+        cfg = cls.from_dict({**saved, **changes, "out": str(out), "resume": True})
+        if "data" not in changes and cfg.data != data:
+            # spelled otherwise when recorded (relative, before --data was made absolute):
+            # the run's data identity, checked on resume, names the roots as spelled then
+            object.__setattr__(cfg, "data", data)
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -193,7 +207,8 @@ class DetectConfig:
     def changes_from(self, other: DetectConfig) -> dict[str, tuple[Any, Any]]:
         """{field: (other's, self's)} of fields that differ and change what a run computes."""
         a, b = other.to_dict(), self.to_dict()
-        return {k: (a[k], b[k]) for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]}
+        return {k: (a[k], b[k]) for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]
+                and not (k == "data" and same_data(a[k], b[k], union=True))}
 
     # ---- validation -----------------------------------------------------------------------
     def _validate(self) -> None:

@@ -124,10 +124,7 @@ class TrainConfig:
                 object.__setattr__(self, name, value)
         if self.out is None:
             object.__setattr__(self, "out", f"runs/{self.model}")
-        if (isinstance(self.data, str) and names_a_path(self.data)
-                and os.path.exists(os.path.expanduser(self.data))):
-            # recorded absolute, so that a resume from another folder finds the same data
-            object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(self.data)))
+        object.__setattr__(self, "data", absolute_data(self.data))
         for name in ("milestones", "scale"):  # lists from JSON or argparse
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
@@ -179,9 +176,7 @@ class TrainConfig:
         saved = {k: v for k, v in saved.items() if k not in _IMAGENET_ONLY or
                  changes.get("recipe", saved.get("recipe")) == "imagenet"}
         data = changes.get("data", saved.get("data"))
-        if (isinstance(data, str) and names_a_path(data) and not os.path.isabs(data)
-                and not os.path.exists(os.path.expanduser(data))):
-            # runs made before --data was recorded absolute
+        if missing_relative_part(data) is not None:  # runs made before --data was absolute
             raise ReslabError(f"{path} was trained on --data {data!r}, a relative path that "
                               f"does not exist from {os.getcwd()}: resume from the folder the "
                               "run was started in, or pass --data with the data's full path")
@@ -271,20 +266,56 @@ class TrainConfig:
 
 
 def names_a_path(data: str) -> bool:
-    """Whether a --data value is a PATH rather than a named set (cifar10, cifar100,
-    synthetic[:N:M]; `reslab.data.load_image_data` tries the names first)."""
+    """Whether a --data value is a PATH (or detection's ROOT1,ROOT2) rather than a named
+    set: cifar10, cifar100, synthetic[:N:M] (`reslab.data.load_image_data` tries the names
+    first) or detection's synthetic-det[:key=value,...]."""
     key = data.strip().lower()
-    return not (key in ("cifar10", "cifar-10", "cifar100", "cifar-100") or key == "synthetic"
-                or key.startswith("synthetic:"))
+    return not (key in ("cifar10", "cifar-10", "cifar100", "cifar-100")
+                or key.split(":", 1)[0] in ("synthetic", "synthetic-det"))
 
 
-def same_data(a: str, b: str) -> bool:
+def _data_parts(data: str, union: bool) -> list[str]:
+    return [p.strip() for p in data.split(",")] if union else [data]
+
+
+def absolute_data(data: Any, *, union: bool = False) -> Any:
+    """`data` (a --data value) as a run records it: each part naming an existing file or
+    folder made absolute (`~` expanded), so that a resume from another working directory
+    finds the same data; named sets (`names_a_path`), parts naming nothing and non-strings
+    are left as given. `union`: "," joins several roots (detection's VOC 07+12, Appendix
+    A), each made absolute on its own. `TrainConfig` and `DetectConfig` both record this."""
+    if not isinstance(data, str) or not names_a_path(data):
+        return data
+
+    def absolute(part: str) -> str:
+        path = os.path.expanduser(part)
+        return os.path.abspath(path) if part and os.path.exists(path) else part
+
+    return ",".join(absolute(p) for p in _data_parts(data, union))
+
+
+def missing_relative_part(data: Any, *, union: bool = False) -> str | None:
+    """The first relative path of `data` that names nothing from the working directory (a
+    run recorded before --data was made absolute, resumed elsewhere), else None."""
+    if not isinstance(data, str) or not names_a_path(data):
+        return None
+    return next((p for p in _data_parts(data, union) if p and not os.path.isabs(
+        os.path.expanduser(p)) and not os.path.exists(os.path.expanduser(p))), None)
+
+
+def same_data(a: str, b: str, *, union: bool = False) -> bool:
     """Whether two --data values name the same data: the same name, or paths naming the
-    same file or folder (`inet`, `./inet/` and `/abs/inet` alike)."""
+    same file or folder (`inet`, `./inet/` and `/abs/inet` alike); with `union`, the same
+    roots in the same order ("," joins them, as `absolute_data`)."""
     if a == b:
         return True
     if not (isinstance(a, str) and isinstance(b, str) and names_a_path(a) and names_a_path(b)):
         return False
+    pa, pb = _data_parts(a, union), _data_parts(b, union)
+    return len(pa) == len(pb) and all(_same_path(x, y) for x, y in zip(pa, pb, strict=True))
+
+
+def _same_path(a: str, b: str) -> bool:
     a, b = os.path.expanduser(a), os.path.expanduser(b)
     try:
         return os.path.samefile(a, b)
