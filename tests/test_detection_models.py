@@ -12,6 +12,8 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from reslab import create_model
+from reslab.cli import build_parser
+from reslab.cli.detect import config_from_args
 from reslab.detection.config import DetectConfig
 from reslab.detection.models import (
     DetectorSpec,
@@ -226,3 +228,25 @@ def test_detect_config_recipes_and_validation():
             DetectConfig(**bad)
     with pytest.raises(dataclasses.FrozenInstanceError):
         small.lr = 1.0  # type: ignore[misc]
+
+
+def test_test_nms_is_the_papers_0_3_and_old_records_keep_0_5():
+    """Faster R-CNN's test-time per-class NMS (py-faster-rcnn cfg.TEST.NMS = 0.3), which
+    Appendix A keeps; runs recorded without it were made with torchvision's 0.5."""
+    det = create_detector("resnet18", "c4", num_classes=3, **TINY)
+    assert det.roi_heads.nms_thresh == 0.3 and det.reslab_spec.options["box_nms_thresh"] == 0.3
+    assert create_detector("resnet18", "c4", num_classes=3, box_nms_thresh=0.45,
+                           **TINY).roi_heads.nms_thresh == 0.45
+    assert DetectConfig().test_nms == 0.3 and DetectConfig().model_options()[
+        "box_nms_thresh"] == 0.3
+    cli = build_parser().parse_args(["detect", "train", "--data", "synthetic-det",
+                                     "--test-nms", "0.4"])
+    assert config_from_args(cli).model_options()["box_nms_thresh"] == 0.4
+    for bad in (0, 1.5, float("nan")):
+        with pytest.raises(ReslabError, match="--test-nms must be in"):
+            DetectConfig(test_nms=bad)
+    old = {k: v for k, v in DetectConfig().to_dict().items() if k != "test_nms"}
+    assert DetectConfig.from_dict(old).test_nms == 0.5
+    spec = det.reslab_spec.to_dict()
+    spec["options"] = {k: v for k, v in spec["options"].items() if k != "box_nms_thresh"}
+    assert detector_from_spec(spec).roi_heads.nms_thresh == 0.5

@@ -73,6 +73,7 @@ def test_voc_c4_train_eval_predict(folders, tmp_path, capsys):
     assert run["init"].startswith("from scratch") and "BN trainable" in run["init"]
     assert run["model_spec"]["name"] == "fasterrcnn_c4_resnet18"
     assert run["config"]["train_split"] == "trainval" and run["eval_split"] == "test"
+    assert run["config"]["test_nms"] == run["model_spec"]["options"]["box_nms_thresh"] == 0.3
     records = read_metrics(out / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [2]
     assert set(records[0]["per_class"]) == set(synthetic_detection("test", **SYNTH).classes)
@@ -87,6 +88,7 @@ def test_voc_c4_train_eval_predict(folders, tmp_path, capsys):
     assert code == 0, err
     metrics = json.loads(text)
     assert {"map50", "map", "per_class", "images"} <= set(metrics) and metrics["images"] == 4
+    assert metrics["test_nms"] == 0.3  # the run's
     assert metrics["map50"] == pytest.approx(records[0]["map50"])  # same weights, same split
 
     image = sorted((folders["voc"] / "JPEGImages").glob("test_*"))[0]
@@ -337,6 +339,30 @@ def test_a_test_split_without_objects_reports_no_map(tmp_path, capsys):
     assert code == 0, err
     assert "done: 1 iterations" in text and "mAP@.5 n/a" in text
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["map50"] is None
+
+
+def test_eval_and_predict_use_the_runs_test_nms_unless_told(folders, tmp_path, capsys):
+    classes = synthetic_detection("test", **SYNTH).classes
+    det = create_detector("resnet18", "c4", num_classes=len(classes) + 1, min_size=64,
+                          max_size=64, rpn_post_nms_top_n_test=4, box_nms_thresh=0.4)
+    spec = det.reslab_spec.to_dict()
+    old = {**spec, "options": {k: v for k, v in spec["options"].items()
+                               if k != "box_nms_thresh"}}  # before the spec recorded it
+    for name, model_spec in (("new.pt", spec), ("old.pt", old)):
+        Checkpoint(model_spec=model_spec, model=det.state_dict(),
+                   preprocess={"mean": torch.zeros(3, 1, 1), "std": torch.ones(3, 1, 1)},
+                   classes=list(classes)).save(tmp_path / name)
+    for name, flags, nms in (("new.pt", [], 0.4), ("new.pt", ["--test-nms", "0.6"], 0.6),
+                             ("old.pt", [], 0.5)):
+        code, text, err = reslab(capsys, "detect", "eval", "--weights", tmp_path / name,
+                                 "--data", folders["voc"], "--json", "--no-progress",
+                                 "--device", "cpu", *flags)
+        assert code == 0, err
+        assert json.loads(text)["test_nms"] == nms
+    image = sorted((folders["voc"] / "JPEGImages").glob("test_*"))[0]
+    code, _, err = reslab(capsys, "detect", "predict", "--weights", tmp_path / "new.pt", image,
+                          "--test-nms", "0")
+    assert code == 2 and "--test-nms must be in (0, 1], got 0.0" in err and err.count("\n") == 1
 
 
 def test_a_divergence_suggests_only_flags_of_the_command_that_ran(tmp_path, capsys):

@@ -41,7 +41,8 @@ def _register_train(verbs: argparse._SubParsersAction) -> None:
         "0.9, weight decay 5e-4, lr 0.001 for 60k mini-batches then 0.0001 for 20k, one "
         "image per mini-batch (--recipe coco: 8 images, 240k + 80k iterations); anchors "
         "(128, 256, 512) x (0.5, 1, 2), 256 RPN anchors per image, proposals NMS 0.7, 2000 "
-        "for training and 300 at test, 128 RoIs per image with 25%% foreground. --head c4 "
+        "for training and 300 at test, 128 RoIs per image with 25% foreground, detections' "
+        "NMS 0.3 at test. --head c4 "
         "is the paper's design (RoI pooling before conv5_1, conv5_x as the region head); "
         "--head fpn the feature pyramid of torchvision's fasterrcnn_resnet50_fpn. With "
         "--weights (ImageNet classifier weights) BN is frozen as in Appendix A; without, the "
@@ -102,6 +103,9 @@ def _register_train(verbs: argparse._SubParsersAction) -> None:
                    help="anchors sampled per image for the RPN loss (paper: 256)")
     p.add_argument("--roi-batch-size", type=int, default=None,
                    help="RoIs sampled per image for the detector loss (paper: 128)")
+    p.add_argument("--test-nms", type=float, default=None, metavar="IOU",
+                   help="per-class NMS of the detections at test, IoU in (0, 1] (default "
+                   "0.3, py-faster-rcnn's; torchvision's is 0.5); eval and predict reuse it")
     p.add_argument("--eval-every", type=int, default=None,
                    help="evaluate and checkpoint every K iterations (default: ~8 per run)")
     p.add_argument("--eval-batch-size", type=int, default=None)
@@ -114,6 +118,12 @@ def _register_train(verbs: argparse._SubParsersAction) -> None:
                    default=None, help="no progress bar")
     p.add_argument("--out", default=None, help="output folder (default runs/detect-NET-HEAD)")
     p.set_defaults(func=run_train)
+
+
+def _add_test_nms(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--test-nms", type=float, default=None, metavar="IOU",
+                   help="per-class NMS of the detections, IoU in (0, 1] (default: the one "
+                   "the detector was trained with; 0.5 for runs before it was recorded)")
 
 
 def _add_engine(p: argparse.ArgumentParser) -> None:
@@ -146,6 +156,7 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--min-size", type=int, default=None,
                    help="test scale (default: the training one)")
     p.add_argument("--max-size", type=int, default=None)
+    _add_test_nms(p)
     p.add_argument("--batch-size", type=int, default=2, help="images per batch")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad annotations and images (they then do not count)")
@@ -171,6 +182,7 @@ def _register_predict(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the detections as JSON")
     p.add_argument("--min-size", type=int, default=None)
     p.add_argument("--max-size", type=int, default=None)
+    _add_test_nms(p)
     _add_engine(p)
     p.set_defaults(func=run_predict)
 
@@ -235,12 +247,20 @@ def check_test_flags(args: argparse.Namespace) -> None:
                                    ("--batch-size", getattr(args, "batch_size", 1), 1, 1024)):
         if value is not None and not low <= value <= high:
             raise ReslabError(f"{flag} must be in {low}..{high}, got {value}")
+    nms = getattr(args, "test_nms", None)
+    if nms is not None and not 0 < nms <= 1:
+        raise ReslabError(f"--test-nms must be in (0, 1], got {nms}")
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from reslab.atomic_write import atomic_write_json
     from reslab.detection import coco_ground_truth, coco_results, evaluate_detections
-    from reslab.detection.inference import detect_dataset, load_detector, set_test_size
+    from reslab.detection.inference import (
+        detect_dataset,
+        load_detector,
+        set_test_nms,
+        set_test_size,
+    )
     from reslab.detection.open_data import open_detection_data
     from reslab.engine import make_engine
 
@@ -260,6 +280,7 @@ def run_eval(args: argparse.Namespace) -> int:
     engine = make_engine(args.device or "auto", args.precision or "auto", channels_last=False)
     model = engine.prepare(loaded.model)
     set_test_size(model, args.min_size, args.max_size)
+    nms = set_test_nms(model, args.test_nms)
     detections = detect_dataset(model, data, engine, args.batch_size,
                                 progress=args.progress and not args.json)
     metrics = evaluate_detections(data, detections)
@@ -269,9 +290,9 @@ def run_eval(args: argparse.Namespace) -> int:
         atomic_write_json(Path(args.predictions), results)
     if args.json:
         print(json.dumps({**metrics, "weights": str(args.weights), "split": args.split,
-                          "detector": loaded.name}))
+                          "detector": loaded.name, "test_nms": nms}))
     else:
-        print(f"{loaded.name} on {data.name}: {metrics['images']} images")
+        print(f"{loaded.name} on {data.name}: {metrics['images']} images (NMS {nms:g})")
         print(f"mAP@.5 {_pct(metrics['map50'])}  mAP@[.5:.95] {_pct(metrics['map'])}  "
               f"(VOC07 11-point mAP@.5 {_pct(metrics.get('voc07_map50'))}, all-point "
               f"{_pct(metrics.get('voc_map50'))})")
@@ -304,7 +325,7 @@ def check_classes(trained: list[str], data: list[str], name: str) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from reslab.detection.data import read_image
-    from reslab.detection.inference import detect, load_detector, set_test_size
+    from reslab.detection.inference import detect, load_detector, set_test_nms, set_test_size
     from reslab.engine import make_engine
 
     check_test_flags(args)
@@ -316,6 +337,7 @@ def run_predict(args: argparse.Namespace) -> int:
     engine = make_engine(args.device or "auto", args.precision or "auto", channels_last=False)
     model = engine.prepare(loaded.model)
     set_test_size(model, args.min_size, args.max_size)
+    set_test_nms(model, args.test_nms)
     everything, used = [], set()
     for path in args.images:
         image = read_image(Path(path))

@@ -4,7 +4,8 @@ the paper's recipes (Appendix A) are its constructors.
 `DetectConfig.voc(...)` is the PASCAL VOC recipe: Faster R-CNN's hyper-parameters as the
 paper keeps them (shorter side 600, longer side at most 1000, horizontal flips, SGD
 momentum 0.9, weight decay 5e-4, lr 0.001 for 60k mini-batches then 0.0001 for 20k, one
-image per mini-batch). `DetectConfig.coco(...)` is the COCO one: 8 images per mini-batch
+image per mini-batch; at test, per-class NMS of the detections at IoU 0.3 as py-faster-rcnn,
+`test_nms`). `DetectConfig.coco(...)` is the COCO one: 8 images per mini-batch
 (1 per GPU on 8 GPUs), lr 0.001 for 240k iterations then 0.0001 for 80k. A field left
 None takes the recipe's value; `--iterations` scales the milestone in proportion, and
 `--min-size`, `--max-size`, `--batch-size` shrink a run for a CPU. Validated completely
@@ -21,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reslab.detection.models import BACKBONES, HEADS, PAPER_ASPECT_RATIOS, VGG
+from reslab.detection.models import (
+    BACKBONES,
+    HEADS,
+    LEGACY_TEST_NMS,
+    PAPER_ASPECT_RATIOS,
+    PAPER_TEST_NMS,
+    VGG,
+)
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import Checkpoint
@@ -100,7 +108,7 @@ class DetectConfig:
     roi_positive_fraction: float = 0.25
     detections_per_image: int = 100
     score_threshold: float = 0.05
-    test_nms: float = 0.5
+    test_nms: float = PAPER_TEST_NMS  # per-class NMS of the detections (py-faster-rcnn's 0.3)
     # evaluation and outputs
     eval_every: int | None = None  # None: about 8 evaluations per run, at most every 5000
     eval_batch_size: int = 2
@@ -147,6 +155,10 @@ class DetectConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectConfig:
+        """A config from `to_dict()` (run.json, checkpoints). A dict without `test_nms`
+        (an older layout) gets torchvision's 0.5, which its run was trained and evaluated
+        with; the paper's 0.3 (Faster R-CNN's, Appendix A) is the default of new runs."""
+        d = {"test_nms": LEGACY_TEST_NMS, **d}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -258,7 +270,7 @@ class DetectConfig:
             (fraction(self.roi_positive_fraction), "roi_positive_fraction must be in (0, 1]"),
             (self.detections_per_image >= 1, "detections_per_image must be >= 1"),
             (0 <= self.score_threshold < 1, "score_threshold must be in [0, 1)"),
-            (fraction(self.test_nms), "test_nms must be in (0, 1]"),
+            (fraction(self.test_nms), f"--test-nms must be in (0, 1], got {self.test_nms}"),
             (self.eval_every is None or self.eval_every >= 1, "--eval-every must be >= 1"),
             (self.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),

@@ -41,7 +41,9 @@ class LoadedDetector:
 
 
 def load_detector(weights: str | os.PathLike) -> LoadedDetector:
-    """Read a `reslab detect train` checkpoint (weights_only) and build its detector."""
+    """Read a `reslab detect train` checkpoint (weights_only) and build its detector, with
+    the settings it was trained with (the spec's; test-time NMS: the run's `--test-nms`,
+    torchvision's 0.5 for checkpoints from before it was recorded, as they were run)."""
     ckpt = Checkpoint.load(weights)
     if not is_detector_spec(ckpt.model_spec):
         raise ReslabError(
@@ -64,6 +66,14 @@ def set_test_size(model: nn.Module, min_size: int | None, max_size: int | None) 
         model.transform.min_size = (int(min_size),)
     if max_size is not None:
         model.transform.max_size = int(max_size)
+
+
+def set_test_nms(model: nn.Module, nms: float | None) -> float:
+    """Per-class NMS of the detections at IoU `nms` (Faster R-CNN's 0.3, Appendix A); None
+    keeps the detector's. Returns the IoU in use."""
+    if nms is not None:
+        model.roi_heads.nms_thresh = float(nms)
+    return float(model.roi_heads.nms_thresh)
 
 
 def as_model_input(images: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

@@ -73,6 +73,12 @@ PAPER_OPTIONS: dict[str, Any] = {
     "box_batch_size_per_image": 128, "box_positive_fraction": 0.25,
     "box_fg_iou_thresh": 0.5, "box_bg_iou_thresh": 0.5,
 }
+#: Test-time per-class NMS of the detections (IoU): py-faster-rcnn's cfg.TEST.NMS, the
+#: Faster R-CNN setting Appendix A keeps, which `create_detector` records in the spec;
+#: a spec without one (made before it was recorded) keeps torchvision's 0.5, which its
+#: detector was trained and evaluated with.
+PAPER_TEST_NMS = 0.3
+LEGACY_TEST_NMS = 0.5
 #: The FPN head keeps torchvision's per-level pre-NMS counts (fasterrcnn_resnet50_fpn).
 FPN_PRE_NMS = {"rpn_pre_nms_top_n_train": 2000, "rpn_pre_nms_top_n_test": 1000}
 #: FasterRCNN keyword options a spec may carry (numbers only, so specs stay plain JSON).
@@ -295,7 +301,8 @@ def build_detector(spec: DetectorSpec, pretrained: _Pretrained | None = None) ->
     """The torchvision FasterRCNN `spec` describes (backbone weights from `pretrained`)."""
     check_spec(spec)
     ratios = tuple(spec.aspect_ratios)
-    options = dict(PAPER_OPTIONS, **(FPN_PRE_NMS if spec.head == "fpn" else {}))
+    options = dict(PAPER_OPTIONS, **(FPN_PRE_NMS if spec.head == "fpn" else {}),
+                   box_nms_thresh=LEGACY_TEST_NMS)
     options.update(spec.options)
     common = dict(min_size=spec.min_size, max_size=spec.max_size,
                   image_mean=list(spec.image_mean), image_std=list(spec.image_std), **options)
@@ -367,7 +374,8 @@ def create_detector(
             ImageNet training, `FrozenBatchNorm2d`), False from scratch (trainable BN).
         image_mean, image_std: per channel in [0, 1] units; default a reslab checkpoint's
             own mean (std 1, the paper's mean subtraction), else torchvision's ImageNet ones.
-        options: FasterRCNN keyword options (`OPTION_NAMES`) over `PAPER_OPTIONS`.
+        options: FasterRCNN keyword options (`OPTION_NAMES`) over `PAPER_OPTIONS`;
+            `box_nms_thresh` (test-time NMS) defaults to the paper's 0.3 (`PAPER_TEST_NMS`).
     """
     if not isinstance(backbone, str) or backbone.strip().lower() not in BACKBONES:
         raise ReslabError(f"unknown detection backbone {backbone!r}: one of "
@@ -402,7 +410,7 @@ def create_detector(
         aspect_ratios=tuple(float(r) for r in aspect_ratios),
         image_mean=tuple(float(m) for m in (image_mean or IMAGENET_MEAN)),
         image_std=tuple(float(s) for s in (image_std or IMAGENET_STD)),
-        options=dict(options))
+        options={"box_nms_thresh": PAPER_TEST_NMS, **options})
     return build_detector(spec, pretrained)
 
 
