@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a network with the paper's CIFAR recipe (Sec. 4.2): SGD momentum "
         "0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, "
         "64k iterations, per-pixel mean, 4-pixel pad + random crop + flip; nets of 110+ "
-        "layers warm up at lr 0.01 until training error < 80%%. --iterations/--epochs "
+        "layers warm up at lr 0.01 until training error < 80%. --iterations/--epochs "
         "shorten the run and scale the milestones in proportion. Writes run.json, "
         "metrics.jsonl, TensorBoard events, curves.png, last.pt and best.pt into --out. "
         "Ctrl-C or SIGTERM saves a checkpoint; --resume continues it (with the run's own "
