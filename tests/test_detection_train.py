@@ -4,9 +4,11 @@ after SIGTERM, and the refusals (issue 16; Tables 7-8, Appendix A)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,8 @@ from reslab.detection.config import DetectConfig
 from reslab.detection.models import create_detector
 from reslab.detection.trainer import DetectionRunLog, DetectionSource, train_detector
 from reslab.errors import ReslabError
+from reslab.experiments import detection
+from reslab.experiments.sweep import Settings, run_sweep
 from reslab.models.registry import create_model
 from reslab.train.checkpoint import Checkpoint
 from reslab.train.recipes import TrainConfig
@@ -274,6 +278,7 @@ def test_reproduce_table7_and_table8(folders, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "Table 7" in report and "73.2" in report and "76.4" in report
     assert "resnet18 vs plain18: VOC07 mAP@.5" in report and "from scratch" in report
+    assert "per-class NMS at test: IoU 0.3 " in report  # new runs: the paper's
     results = json.loads((out / "results.json").read_text())
     assert [r["label"] for r in results["runs"]] == ["plain18", "resnet18"]
     assert all(r["iterations"] == 1 and 0 <= r["voc07_map50"] <= 1 for r in results["runs"])
@@ -431,9 +436,101 @@ def test_a_run_recorded_with_relative_data_resumes_from_its_folder(folders, tmp_
         assert train_detector(tiny_voc_cfg("voc", out)).status == "finished"
     assert Checkpoint.load(out / "last.pt").config["data"] == "voc"
     cfg = DetectConfig.for_resume(out)
-    assert cfg.data == "voc"
+    assert cfg.data == str(folders["voc"])  # recorded absolute from now on
     assert train_detector(cfg).status == "finished"
+    assert Checkpoint.load(out / "last.pt").data["name"] == "voc:voc trainval"
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ReslabError, match="'voc' is a relative path that does not exist from "
                        ".*: resume from the folder the run was started in"):
         DetectConfig.for_resume(out)
+
+
+def test_an_old_relative_data_run_resumes_however_its_data_is_given(folders, tmp_path,
+                                                                     monkeypatch, no_plots):
+    """A run made before --data was recorded absolute names and fingerprints its data as
+    `voc:voc trainval`: it resumes with --data given absolute, and through a config that
+    `dataclasses.replace` rebuilt (making --data absolute again), keeping that identity."""
+    monkeypatch.chdir(folders["voc"].parent)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr("reslab.detection.config.absolute_data", lambda data, union: data)
+        assert train_detector(tiny_voc_cfg("voc", out)).status == "finished"
+    old = Checkpoint.load(out / "last.pt").data
+    assert old["name"] == "voc:voc trainval"
+    given = DetectConfig.for_resume(out, data=str(folders["voc"]), iterations=2)
+    rebuilt = dataclasses.replace(DetectConfig.for_resume(out, iterations=2), progress=False)
+    for cfg in (given, rebuilt):
+        assert cfg.data == str(folders["voc"])
+        result = train_detector(cfg)
+        assert (result.status, result.iteration) == ("finished", cfg.iterations)
+        assert Checkpoint.load(out / "last.pt").data == old
+    monkeypatch.chdir(tmp_path)  # no ./voc here: its identity cannot be checked
+    with pytest.raises(ReslabError, match="'voc' is a relative path that does not exist from "
+                       ".*: resume from the folder the run was started in"):
+        train_detector(DetectConfig.for_resume(out, data=str(folders["voc"]), iterations=4))
+
+
+def test_an_old_table7_folder_resumes_with_its_own_nms_and_data(folders, tmp_path, monkeypatch,
+                                                                capsys, sigterm_at_load,
+                                                                no_plots):
+    """A `reproduce table7` folder made before the paper's test NMS 0.3 was the default
+    (its run.json records 0.5) and before --data was recorded absolute (`voc07,voc12` in
+    its config and data identity), stopped after its first iteration: the same command
+    resumes it with its own settings, then reuses it; the report says its NMS."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("voc07", "voc12"):
+        shutil.copytree(folders["voc"], tmp_path / name)
+    args = ["reproduce", "table7", "--data", "voc07,voc12", "--out", "t7", "--models",
+            "resnet18", "--budget", str(2 / 80_000), "--eval-points", "1", *REPRODUCE_TINY]
+    with monkeypatch.context() as m:  # the reslab that made it
+        m.setattr("reslab.detection.config.absolute_data", lambda data, union: data)
+        m.setattr(detection, "DetectConfig", functools.partial(DetectConfig, test_nms=0.5))
+        sigterm_at_load(0)  # the first iteration is saved, then the run stops
+        assert reslab(capsys, *args)[0] == 143
+        sigterm_at_load(None)
+    run = tmp_path / "t7" / "runs" / "resnet18"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["config"]["test_nms"] == 0.5
+    assert info["config"]["data"] == "voc07,voc12"
+    assert info["data"]["name"] == "voc:voc07,voc12 trainval"
+
+    code, _, err = reslab(capsys, *args)
+    assert code == 0 and "resuming" in err, err
+    info = json.loads((run / "run.json").read_text())
+    assert (info["status"], info["finished_iteration"]) == ("finished", 2)
+    assert info["config"]["test_nms"] == 0.5 and info["config"]["data"] == (
+        f"{tmp_path / 'voc07'},{tmp_path / 'voc12'}")
+    assert Checkpoint.load(run / "last.pt").data["name"] == "voc:voc07,voc12 trainval"
+    assert "per-class NMS at test: IoU 0.5 " in (tmp_path / "t7" / "report.md").read_text()
+    assert json.loads((tmp_path / "t7" / "results.json").read_text())["runs"][0][
+        "test_nms"] == 0.5
+    code, _, err = reslab(capsys, *args)
+    assert code == 0 and "finished earlier, reusing" in err, err
+    new = Settings(data="voc07,voc12", out=tmp_path / "new", models=["resnet18"])
+    assert detection.plan_runs(new, "voc")[0].cfg.test_nms == 0.3  # a new folder: the paper's
+
+
+@pytest.mark.parametrize("recorded", [0.5, None, 0.3])
+def test_a_detection_folder_keeps_its_recorded_nms_and_relative_union(tmp_path, monkeypatch,
+                                                                     recorded):
+    """The sweep's checks of an existing folder (no training: the run is finished): a
+    run.json of the layout before today's (test_nms 0.5, or none: 0.5) or after (0.3),
+    --data `voc07,voc12` recorded relative, is reused with the NMS it records."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("voc07", "voc12"):
+        (tmp_path / name).mkdir()
+    s = Settings(data=f"{tmp_path / 'voc07'},{tmp_path / 'voc12'}", out=tmp_path / "t7",
+                 budget=1 / 80_000, models=["resnet18"], device="cpu", precision="fp32")
+    cfg = detection.plan_runs(s, "voc")[0].cfg
+    config = {**cfg.to_dict(), "data": "voc07,voc12"}
+    if recorded is None:
+        del config["test_nms"]
+    else:
+        config["test_nms"] = recorded
+    Path(cfg.out).mkdir(parents=True)
+    (Path(cfg.out) / "run.json").write_text(json.dumps(
+        {"config": config, "status": "finished", "finished_iteration": 1, "precision": "fp32"}))
+    runs = detection.plan_runs(s, "voc")
+    assert runs[0].cfg.test_nms == (recorded or 0.5)
+    [outcome] = run_sweep(runs, None, log=lambda msg: None)
+    assert outcome.skipped and outcome.cfg.test_nms == (recorded or 0.5)

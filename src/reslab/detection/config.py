@@ -57,6 +57,10 @@ PAPER_MILESTONES = {"voc": (60_000,), "coco": (240_000,)}
 RESUMABLE_CHANGES = ("out", "resume", "iterations", "eval_every", "eval_batch_size",
                      "log_every", "device", "precision", "progress", "tensorboard", "workers")
 
+#: Fields recorded since the first detection runs, at the values runs without them were
+#: made with (`from_dict`; a sweep compares an old run.json with them).
+LEGACY_DEFAULTS: dict[str, Any] = {"test_nms": LEGACY_TEST_NMS}
+
 #: DetectConfig field -> torchvision FasterRCNN option (the RPN/RoI settings of Appendix A).
 MODEL_OPTIONS = {
     "rpn_batch_size": "rpn_batch_size_per_image", "rpn_nms": "rpn_nms_thresh",
@@ -158,7 +162,7 @@ class DetectConfig:
         """A config from `to_dict()` (run.json, checkpoints). A dict without `test_nms`
         (an older layout) gets torchvision's 0.5, which its run was trained and evaluated
         with; the paper's 0.3 (Faster R-CNN's, Appendix A) is the default of new runs."""
-        d = {"test_nms": LEGACY_TEST_NMS, **d}
+        d = {**LEGACY_DEFAULTS, **d}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -176,18 +180,11 @@ class DetectConfig:
         if saved is None or "head" not in saved:
             raise ReslabError(f"{path} records no detection config (is it a classifier's "
                               "run? use `reslab train --resume`)")
-        data = saved.get("data")
-        missing = None if "data" in changes else missing_relative_part(data, union=True)
-        if missing is not None:  # runs made before --data was recorded absolute
-            raise ReslabError(f"{path} was trained on --data {data!r}; {missing!r} is a "
-                              f"relative path that does not exist from {os.getcwd()}: resume "
-                              "from the folder the run was started in")
-        cfg = cls.from_dict({**saved, **changes, "out": str(out), "resume": True})
-        if "data" not in changes and cfg.data != data:
-            # spelled otherwise when recorded (relative, before --data was made absolute):
-            # the run's data identity, checked on resume, names the roots as spelled then
-            object.__setattr__(cfg, "data", data)
-        return cfg
+        if "data" not in changes:
+            check_relative_data(saved.get("data"), path)
+        # recorded --data is made absolute again; the trainer keeps the spelling of the
+        # run's data identity on resume (`recorded_data_spelling`)
+        return cls.from_dict({**saved, **changes, "out": str(out), "resume": True})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -284,3 +281,39 @@ class DetectConfig:
         if self.head == "fpn" and anchors and len(anchors) != 5:
             raise ReslabError(f"--head fpn takes 5 anchor sizes (one per level), got "
                               f"{list(anchors)}")
+
+
+def check_relative_data(data: Any, path: Path) -> None:
+    """ReslabError when `data`, as the run at `path` recorded its --data (runs made before
+    --data was recorded absolute), holds a relative root that names nothing from the
+    working directory: only the folder the run was started in finds it."""
+    missing = missing_relative_part(data, union=True)
+    if missing is not None:
+        raise ReslabError(f"{path} was trained on --data {data!r}; {missing!r} is a relative "
+                          f"path that does not exist from {os.getcwd()}: resume from the "
+                          "folder the run was started in")
+
+
+def recorded_data_spelling(identity: dict | None, cfg: DetectConfig, path: Path) -> str | None:
+    """How the data identity of a resumed run (`identity`, a checkpoint's) spells the roots
+    `cfg.data` names, when it spells them otherwise: None if alike, or naming other data
+    (the resume's data check then says so).
+
+    A VOC or COCO split's identity is named "voc:ROOT1,ROOT2 SPLIT" / "coco:ROOT SPLIT"
+    and its fingerprint hashes that name and each image's path, the roots as --data gave
+    them when the run started; runs made before --data was recorded absolute spell them
+    relative. The trainer opens the resumed splits with this spelling (it names the same
+    roots from here: `DetectionSource(spelled=...)`), so that a resume continues the run
+    however it spells them (`--data` given or not, absolute or relative, from the sweep,
+    after `dataclasses.replace`), and its identity stays the run's.
+    ReslabError (`check_relative_data`) if the recorded roots are relative and name
+    nothing from the working directory."""
+    name = (identity or {}).get("name")
+    suffix = f" {cfg.train_split}"
+    if not isinstance(name, str) or not name.endswith(suffix):
+        return None
+    layout, colon, spelled = name[: -len(suffix)].partition(":")
+    if not colon or layout not in ("voc", "coco") or spelled == cfg.data:
+        return None
+    check_relative_data(spelled, path)
+    return spelled if same_data(spelled, cfg.data, union=True) else None

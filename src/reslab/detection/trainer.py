@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from reslab.analysis.curves import plot_detection_curves
-from reslab.detection.config import DetectConfig
+from reslab.detection.config import DetectConfig, recorded_data_spelling
 from reslab.detection.data import hflip
 from reslab.detection.evaluate import evaluate_detections
 from reslab.detection.inference import as_model_input, detect_dataset
@@ -88,12 +88,17 @@ class DetectionSource:
     its flips are a pure function of (seed, iteration); in a world of W ranks each rank
     takes every W-th image of the global mini-batch. Difficult (VOC) and crowd (COCO)
     boxes are left out of the training targets. With `workers` > 0 a DataLoader decodes
-    the mini-batches of the coming iterations in other processes.
+    the mini-batches of the coming iterations in other processes. `spelled`: the roots of
+    `cfg.data` as a resumed run's data identity spells them (`recorded_data_spelling`),
+    opened that way so that the splits' names and image paths, which their fingerprints
+    hash, are the run's.
     """
 
-    def __init__(self, cfg: DetectConfig, engine: Engine, world: World) -> None:
-        self.train = open_detection_data(cfg.data, cfg.train_split, skip_bad=cfg.skip_bad)
-        self.val = open_detection_data(cfg.data, cfg.val_split, skip_bad=cfg.skip_bad)
+    def __init__(self, cfg: DetectConfig, engine: Engine, world: World,
+                 spelled: str | None = None) -> None:
+        data = spelled or cfg.data
+        self.train = open_detection_data(data, cfg.train_split, skip_bad=cfg.skip_bad)
+        self.val = open_detection_data(data, cfg.val_split, skip_bad=cfg.skip_bad)
         if list(self.val.classes) != list(self.train.classes):
             raise ReslabError(f"--val-split {cfg.val_split} has other classes than "
                               f"--train-split {cfg.train_split} ({len(self.val.classes)} vs "
@@ -375,7 +380,8 @@ def start_detection_run(cfg: DetectConfig) -> DetectionRun:
         if ckpt is not None and not is_detector_spec(ckpt.model_spec):
             raise ReslabError(f"{last} is a classifier's run ({ckpt.model_spec.get('name')}): "
                               "resume it with `reslab train --resume`, or choose another --out")
-        source = DetectionSource(cfg, engine, world)
+        spelled = recorded_data_spelling(ckpt.data, cfg, last) if ckpt is not None else None
+        source = DetectionSource(cfg, engine, world, spelled)
         if ckpt is not None:
             check_resumable(ckpt, cfg, source.identity(), out)
             warn_precision_change(out, engine)

@@ -9,6 +9,10 @@ number reported. `Settings.detection` carries the detection flags of `reslab rep
 (image sizes, splits, RoI/proposal counts, trainable stages, and `weights`: backbone
 name -> ImageNet classifier weights; a backbone without weights trains from scratch,
 which the report says).
+
+A run folder made earlier keeps the test-time NMS it was made with (`recorded_test_nms`:
+0.5, torchvision's, for folders from before the paper's 0.3 was the default), so that it
+is reused or resumed, not refused; the report says each run's.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from pathlib import Path
 
 from reslab.atomic_write import atomic_write_json, atomic_write_text
 from reslab.detection.config import COCO_RECIPE, PAPER_MILESTONES, VOC_RECIPE, DetectConfig
-from reslab.detection.models import BACKBONES
+from reslab.detection.models import BACKBONES, LEGACY_TEST_NMS
 from reslab.errors import ReslabError
 from reslab.experiments.report import DataInfo, Report, environment, md_table
-from reslab.experiments.sweep import RunOutcome, RunSpec, Settings
+from reslab.experiments.sweep import RunOutcome, RunSpec, Settings, _read_run_json
+from reslab.train.checkpoint import Checkpoint
 
 #: The most evaluations of a detection run (each detects the whole test split; the
 #: report uses the last).
@@ -44,8 +49,26 @@ def splits(s: Settings, recipe: str) -> tuple[str, str]:
     return d["train_split"], d["val_split"]
 
 
+def recorded_test_nms(out: Path) -> float | None:
+    """The test-time NMS (IoU) of the detection run already in `out` (its run.json, else
+    its last.pt): what it recorded, 0.5 (torchvision's, as they ran) for records without
+    it; None for a folder without a detector's run, or one the sweep refuses anyway."""
+    try:
+        info = _read_run_json(out)
+        config = info.get("config") if info else None
+        if config is None and (out / "last.pt").is_file():
+            config = Checkpoint.load(out / "last.pt").config
+    except (OSError, ReslabError):
+        return None  # the sweep or the trainer says what is wrong with it
+    if not isinstance(config, dict) or "head" not in config:
+        return None
+    nms = config.get("test_nms", LEGACY_TEST_NMS)
+    return float(nms) if isinstance(nms, (int, float)) and not isinstance(nms, bool) else None
+
+
 def plan_runs(s: Settings, recipe: str) -> list[RunSpec]:
-    """One run per backbone (--models, default VGG-16 and ResNet-101), c4 design."""
+    """One run per backbone (--models, default VGG-16 and ResNet-101), c4 design; a run
+    folder that exists keeps the test-time NMS it was made with (`recorded_test_nms`)."""
     its = iterations(s, recipe)
     options = {k: v for k, v in s.detection.items() if k != "weights"}
     weights = s.detection.get("weights") or {}
@@ -54,11 +77,15 @@ def plan_runs(s: Settings, recipe: str) -> list[RunSpec]:
         if model not in BACKBONES:
             raise ReslabError(f"--models: {model} is not a detection backbone (one of "
                               f"{', '.join(BACKBONES)})")
+        out = s.out / "runs" / model
+        recorded = None if "test_nms" in options else recorded_test_nms(out)
+        kept = {} if recorded is None else {"test_nms": recorded}
         cfg = DetectConfig(
             recipe=recipe, backbone=model, head="c4", data=s.data, iterations=its,
-            batch_size=s.batch_size, weights=weights.get(model), out=str(s.out / "runs" / model),
+            batch_size=s.batch_size, weights=weights.get(model), out=str(out),
             eval_every=max(1, its // min(s.eval_points, MAX_EVALUATIONS)), device=s.device,
-            precision=s.precision, progress=s.progress, skip_bad=s.skip_corrupt, **options)
+            precision=s.precision, progress=s.progress, skip_bad=s.skip_corrupt, **options,
+            **kept)
         runs.append(RunSpec(model, cfg))
     unknown = set(weights) - {spec.label for spec in runs}
     if unknown:
@@ -121,6 +148,7 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
         runs.append({"label": o.label, "backbone": o.cfg.backbone, "head": o.cfg.head,
                      "weights": o.cfg.weights, "init": o.info.get("init"),
                      "iterations": o.info.get("finished_iteration", o.cfg.iterations),
+                     "test_nms": o.cfg.test_nms,
                      **{k: last.get(k) for k in ("map50", "map", "voc07_map50", "voc_map50")},
                      "per_class": last.get("per_class"),
                      "wall_seconds": o.info.get("wall_seconds"), "reused": o.skipped,
@@ -154,6 +182,8 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
         f"{list(cfg0.milestones_for(its))} (paper: {list(PAPER_MILESTONES[recipe])} of {full})",
         f"- images: shorter side {cfg0.min_size}, longer at most {cfg0.max_size} (paper: 600 "
         "and 1000)",
+        f"- detections' per-class NMS at test: IoU {nms_of(outcomes, cfg0)} (Faster R-CNN's "
+        "0.3; runs made before it was the default keep torchvision's 0.5)",
         *[f"- {note}" for note in init_notes(outcomes)],
         f"- precision: {', '.join(sorted({o.info.get('precision', '?') for o in outcomes}))}",
         f"- machine: {env['device']} ({env['machine'].get('device', '?')}), "
@@ -178,6 +208,14 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
     path = s.out / "report.md"
     atomic_write_text(path, text)
     return path
+
+
+def nms_of(outcomes: Sequence[RunOutcome], cfg0: DetectConfig) -> str:
+    """The runs' test-time NMS: one value when they share it, else each run's."""
+    values = {o.cfg.test_nms for o in outcomes} or {cfg0.test_nms}
+    if len(values) == 1:
+        return f"{values.pop():g}"
+    return ", ".join(f"{o.cfg.test_nms:g} ({o.label})" for o in outcomes)
 
 
 def table_rows(outcomes: Sequence[RunOutcome], columns: Sequence[tuple[str, str]],
