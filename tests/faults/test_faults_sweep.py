@@ -487,6 +487,41 @@ def test_jobs_workers_import_this_reslab_without_reordering_the_users_path(tmp_p
     assert sweep.worker_env(os.environ, ours, ours, link) == dict(os.environ)
 
 
+def test_jobs_workers_are_started_with_the_users_pythonpath_as_set(tmp_path, monkeypatch):
+    """What `_train_in_parallel` hands each worker process (Popen faked: no training):
+    this checkout's reslab is importable anyway, so the user's PYTHONPATH goes unchanged
+    (never this checkout's src/ put first, as workers once had it)."""
+    user = os.pathsep.join([str(tmp_path / "a"), "", str(tmp_path / "b")])  # even "a::b"
+    monkeypatch.setenv("PYTHONPATH", user)
+    real, started = subprocess.Popen, []
+
+    class Finished:  # a worker that trained its run at once
+        returncode = 0
+
+        def __init__(self, args, **kwargs):
+            started.append(kwargs["env"])
+            Path(args[-1]).write_text(json.dumps(
+                {"status": "finished", "iteration": 1, "iterations": 1}))
+
+        def poll(self):
+            return 0
+
+    def popen(args, *a, **kwargs):  # the probe (`child_reslab`) runs for real
+        worker = isinstance(args, list) and sweep._WORKER_CODE in args
+        return (Finished if worker else real)(args, *a, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    runs = [RunSpec(label, TrainConfig(model="resnet8", data=SYNTH, iterations=1,
+                                       device="cpu", out=str(tmp_path / label)))
+            for label in ("a", "b")]
+    logged = []
+    sweep._train_in_parallel(runs, 2, logged.append, sweep.StopSignals())
+    assert len(started) == 2 and logged == ["a finished (1 iterations)",
+                                            "b finished (1 iterations)"]
+    for env in started:
+        assert env["PYTHONPATH"] == user and env == dict(os.environ)
+
+
 def test_a_cache_without_its_last_pt_is_one_line(table2, capsys):
     root, out = table2
     (out / "runs" / "resnet18" / "last.pt").unlink()
