@@ -33,7 +33,7 @@ from reslab.detection.models import (
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import Checkpoint
-from reslab.train.recipes import absolute_data, missing_relative_part, same_data
+from reslab.train.recipes import absolute_data, check_recorded_data, same_data
 from reslab.train.schedule import scale_milestones
 
 RECIPES = ("voc", "coco")
@@ -181,7 +181,7 @@ class DetectConfig:
             raise ReslabError(f"{path} records no detection config (is it a classifier's "
                               "run? use `reslab train --resume`)")
         if "data" not in changes:
-            check_relative_data(saved.get("data"), path)
+            check_recorded_data(saved.get("data"), path, union=True)
         # recorded --data is made absolute again; the trainer keeps the spelling of the
         # run's data identity on resume (`recorded_data_spelling`)
         return cls.from_dict({**saved, **changes, "out": str(out), "resume": True})
@@ -283,17 +283,6 @@ class DetectConfig:
                               f"{list(anchors)}")
 
 
-def check_relative_data(data: Any, path: Path) -> None:
-    """ReslabError when `data`, as the run at `path` recorded its --data (runs made before
-    --data was recorded absolute), holds a relative root that names nothing from the
-    working directory: only the folder the run was started in finds it."""
-    missing = missing_relative_part(data, union=True)
-    if missing is not None:
-        raise ReslabError(f"{path} was trained on --data {data!r}; {missing!r} is a relative "
-                          f"path that does not exist from {os.getcwd()}: resume from the "
-                          "folder the run was started in")
-
-
 def recorded_data_spelling(identity: dict | None, cfg: DetectConfig, path: Path) -> str | None:
     """How the data identity of a resumed run (`identity`, a checkpoint's) spells the roots
     `cfg.data` names, when it spells them otherwise: None if alike, or naming other data
@@ -306,7 +295,7 @@ def recorded_data_spelling(identity: dict | None, cfg: DetectConfig, path: Path)
     roots from here: `DetectionSource(spelled=...)`), so that a resume continues the run
     however it spells them (`--data` given or not, absolute or relative, from the sweep,
     after `dataclasses.replace`), and its identity stays the run's.
-    ReslabError (`check_relative_data`) if the recorded roots are relative and name
+    ReslabError (`check_recorded_data`) if the recorded roots are relative and name
     nothing from the working directory."""
     name = (identity or {}).get("name")
     suffix = f" {cfg.train_split}"
@@ -315,5 +304,5 @@ def recorded_data_spelling(identity: dict | None, cfg: DetectConfig, path: Path)
     layout, colon, spelled = name[: -len(suffix)].partition(":")
     if not colon or layout not in ("voc", "coco") or spelled == cfg.data:
         return None
-    check_relative_data(spelled, path)
+    check_recorded_data(spelled, path, union=True)
     return spelled if same_data(spelled, cfg.data, union=True) else None

@@ -176,10 +176,7 @@ class TrainConfig:
         saved = {k: v for k, v in saved.items() if k not in _IMAGENET_ONLY or
                  changes.get("recipe", saved.get("recipe")) == "imagenet"}
         data = changes.get("data", saved.get("data"))
-        if missing_relative_part(data) is not None:  # runs made before --data was absolute
-            raise ReslabError(f"{path} was trained on --data {data!r}, a relative path that "
-                              f"does not exist from {os.getcwd()}: resume from the folder the "
-                              "run was started in, or pass --data with the data's full path")
+        check_recorded_data(data, path, hint=", or pass --data with the data's full path")
         return cls.from_dict({**saved, **changes, "out": str(out), "resume": True})
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,6 +298,18 @@ def missing_relative_part(data: Any, *, union: bool = False) -> str | None:
         return None
     return next((p for p in _data_parts(data, union) if p and not os.path.isabs(
         os.path.expanduser(p)) and not os.path.exists(os.path.expanduser(p))), None)
+
+
+def check_recorded_data(data: Any, path: Path, *, union: bool = False, hint: str = "") -> None:
+    """ReslabError when `data`, as the run at `path` recorded its --data (runs made before
+    --data was recorded absolute), holds a relative part that names nothing from the
+    working directory: only the folder the run was started in finds it. One check for
+    `TrainConfig` and `DetectConfig` (`union`: its ROOT1,ROOT2); `hint` ends the message."""
+    missing = missing_relative_part(data, union=union)
+    if missing is not None:
+        raise ReslabError(f"{path} was trained on --data {data!r}; {missing!r} is a relative "
+                          f"path that does not exist from {os.getcwd()}: resume from the "
+                          f"folder the run was started in{hint}")
 
 
 def same_data(a: str, b: str, *, union: bool = False) -> bool:
