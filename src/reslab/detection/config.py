@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from reslab.detection.models import (
     BACKBONES,
@@ -76,6 +76,9 @@ MODEL_OPTIONS = {
 @dataclass(frozen=True)
 class DetectConfig:
     """Everything that defines a detection run. None means "the recipe's value"."""
+
+    legacy_defaults: ClassVar[dict[str, Any]] = LEGACY_DEFAULTS  # as TrainConfig's
+    data_union: ClassVar[bool] = True  # ROOT1,ROOT2 (VOC 07+12)
 
     backbone: str = "resnet101"  # resnet18..152, plain18..152, vgg16
     head: str = "c4"  # c4 (the paper's, Appendix A) or fpn
@@ -138,7 +141,7 @@ class DetectConfig:
         if self.out is None:
             object.__setattr__(self, "out", f"runs/detect-{self.backbone}-{self.head}")
         # each root recorded absolute, so that a resume from another folder finds the data
-        object.__setattr__(self, "data", absolute_data(self.data, union=True))
+        object.__setattr__(self, "data", absolute_data(self.data, union=self.data_union))
         for name in ("milestones", "anchor_sizes", "aspect_ratios"):  # lists from JSON
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):

@@ -280,17 +280,15 @@ def _read_run_json(out: Path) -> dict | None:
 def check_same_config(label: str, info: dict, cfg: TrainConfig) -> None:
     """ReslabError if the run in cfg.out was made with other settings than `cfg` (paths
     are compared by what they name: a moved OUT or `--data inet` vs `./inet` is the same)."""
-    saved, wanted = _comparable(info.get("config", {})), _comparable(cfg.to_dict())
-    if not isinstance(cfg, TrainConfig):  # a detector's: fields recorded since, as they were
-        from reslab.detection.config import LEGACY_DEFAULTS
-
-        saved = {**LEGACY_DEFAULTS, **saved}
+    # fields recorded since the run was made count at the values it was made with
+    saved = _comparable({**cfg.legacy_defaults, **info.get("config", {})})
+    wanted = _comparable(cfg.to_dict())
     # Compare what "auto" resolved to: the precision a run actually used is in run.json.
     saved["precision"] = info.get("precision", saved.get("precision"))
     wanted["precision"] = precision_name(cfg.precision, pick_device(cfg.device))
     data = info.get("config", {}).get("data")
     # a detector's --data may join several roots with "," (VOC 07+12): compared root by root
-    if not same_data(data, cfg.data, union=not isinstance(cfg, TrainConfig)):
+    if not same_data(data, cfg.data, union=cfg.data_union):
         saved["data"], wanted["data"] = data, cfg.data
     if saved != wanted:
         diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))

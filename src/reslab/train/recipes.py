@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
@@ -61,6 +61,12 @@ RESUMABLE_CHANGES = ("out", "resume", "iterations", "epochs", "eval_every",
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. None means "the recipe's value"."""
+
+    #: What a sweep needs to compare a recorded config with this one (`DetectConfig`'s
+    #: differ): fields recorded since, at the values older runs were made with, and
+    #: whether --data may join several roots with ",".
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
+    data_union: ClassVar[bool] = False
 
     model: str = "resnet20"
     shortcut: str | None = None  # None: the paper's default for the net (A CIFAR, B ImageNet)
