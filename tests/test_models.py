@@ -206,3 +206,58 @@ def test_residual_addition_stays_fp32_under_bf16_autocast():
     plain = reslab.create_model("plain8").layer2[0].eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert plain(x).dtype == torch.bfloat16
+
+
+def _reference_option_a(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tensor:
+    """Option A as autograd differentiates it (strided slice, zero pad)."""
+    x = x[:, :, ::stride, ::stride]
+    return nn.functional.pad(x, (0, 0, 0, 0, 0, out_channels - x.shape[1]))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_option_a_and_pool_keep_layout_and_values(channels_last: bool,
+                                                          dtype: torch.dtype) -> None:
+    """Option A and the global pool in training: the same values and gradients as
+    autograd's slice/pad and mean, bit for bit, but gradients in the input's memory format
+    (autograd's are NCHW, which sends a channels_last net down slow mixed-layout kernels,
+    docs/cpu-profile.md)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 16, 8, 8).to(dtype).contiguous(memory_format=fmt)
+    g = torch.randn(4, 32, 4, 4).to(dtype).contiguous(memory_format=fmt)
+    sc, pool = ZeroPadShortcut(16, 32, 2).train(), reslab.models.network.GlobalAvgPool().train()
+    for ours, reference, grad in ((sc, lambda t: _reference_option_a(t, 32, 2), g),
+                                  (pool, lambda t: t.mean((2, 3), keepdim=True),
+                                   torch.randn(4, 16, 1, 1).to(dtype))):
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(a), reference(b)
+        assert torch.equal(ya, yb) and ya.is_contiguous(memory_format=fmt)
+        # autograd.grad: the gradients as the backward passes them on (a leaf's .grad would
+        # be copied into the leaf's layout)
+        (ga,), (gb,) = torch.autograd.grad(ya, a, grad), torch.autograd.grad(yb, b, grad)
+        assert torch.equal(ga, gb)
+        assert ga.is_contiguous(memory_format=fmt)
+        if channels_last:  # what the hand-written backward is for
+            assert not gb.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_resnet20_training_step_equals_autograd_reference(monkeypatch) -> None:
+    """A bf16 channels_last training step of ResNet-20 gives bit-identical gradients with
+    reslab's option A and pool as with autograd's own (earlier versions')."""
+    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+
+    def grads() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = reslab.create_model("resnet20").to(memory_format=torch.channels_last).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return [loss.detach()] + [p.grad for p in model.parameters()]
+
+    ours = grads()
+    monkeypatch.setattr(ZeroPadShortcut, "forward",
+                        lambda self, t: _reference_option_a(t, self.out_channels, self.stride))
+    monkeypatch.setattr(reslab.models.network.GlobalAvgPool, "forward",
+                        nn.AdaptiveAvgPool2d.forward)
+    assert all(torch.equal(a, b) for a, b in zip(ours, grads(), strict=True))

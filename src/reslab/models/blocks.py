@@ -40,6 +40,8 @@ class ZeroPadShortcut(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():  # the backward that keeps the layout
+            return _SubsampleZeroPad.apply(x, self.stride, self.out_channels)
         if self.stride != 1:
             x = x[:, :, :: self.stride, :: self.stride]
         extra = self.out_channels - self.in_channels
@@ -49,6 +51,38 @@ class ZeroPadShortcut(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+class _SubsampleZeroPad(torch.autograd.Function):
+    """Option A's data movement in training, y[:, :C] = x[:, :, ::s, ::s], y[:, C:] = 0,
+    written by hand for its backward: autograd's own (`slice_backward` behind the strided
+    slice) returns an NCHW gradient whatever `x`'s layout, so in a channels_last network
+    the gradient sum and the ReLU backward at each downsampling block take PyTorch's slow
+    mixed-layout path (7% of a bf16 ResNet-20 step on an AMX CPU, docs/cpu-profile.md).
+    Here both directions keep `x`'s memory format; the values are the same, bit for bit
+    (tests/test_models.py)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stride: int, out_channels: int) -> torch.Tensor:
+        channels_last = (x.is_contiguous(memory_format=torch.channels_last)
+                         and not x.is_contiguous())
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        ctx.in_shape, ctx.stride, ctx.fmt = x.shape, stride, fmt
+        sub = x[:, :, ::stride, ::stride]
+        y = torch.empty((x.shape[0], out_channels, *sub.shape[2:]), dtype=x.dtype,
+                        device=x.device, memory_format=fmt)
+        y[:, : x.shape[1]] = sub
+        y[:, x.shape[1]:] = 0
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        n, c, h, w = ctx.in_shape
+        s = ctx.stride
+        gx = torch.empty((n, c, h, w), dtype=grad.dtype, device=grad.device,
+                         memory_format=ctx.fmt).zero_()
+        gx[:, :, ::s, ::s] = grad[:, :c]
+        return gx, None, None
 
 
 def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:

@@ -15,6 +15,39 @@ from reslab.errors import ReslabError
 from reslab.models.blocks import BasicBlock, Bottleneck, init_he
 
 
+class _MeanGrad(torch.autograd.Function):
+    """The backward of a global average pool, y = mean of x over H, W, that writes dL/dx
+    in `x`'s memory format. Autograd's (mean's) returns an NCHW gradient, which in a
+    channels_last network sends the last ReLU's backward down PyTorch's slow
+    mixed-layout path. Same values, bit for bit (tests/test_models.py)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        ctx.shape = x.shape
+        ctx.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return torch.nn.functional.adaptive_avg_pool2d(x, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = ctx.shape
+        gx = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.fmt)
+        return gx.copy_((grad / (h * w)).expand(n, c, h, w))
+
+
+class GlobalAvgPool(nn.AdaptiveAvgPool2d):
+    """nn.AdaptiveAvgPool2d(1), as torchvision's `avgpool`, whose training backward keeps
+    the input's memory format (`_MeanGrad`)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            return _MeanGrad.apply(x)
+        return super().forward(x)
+
+
 class ResNet(nn.Module):
     """A residual (or, with `shortcut=None`, plain) network.
 
@@ -69,7 +102,7 @@ class ResNet(nn.Module):
             setattr(self, name, nn.Sequential(*stage))
             self.stage_names.append(name)
         self.num_features = channels
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAvgPool()
         self.fc = nn.Linear(channels, num_classes)
         init_he(self)
 
