@@ -81,3 +81,26 @@ def test_paper_sizes_by_default_and_bad_sizes(tmp_path, capsys):
     assert main(["train", "--data", "synthetic:64:16", "--crop", "32",
                  "--out", str(tmp_path / "c")]) == 2
     assert "--recipe imagenet" in capsys.readouterr().err
+
+
+def test_an_old_relative_data_folder_run_resumes(tmp_path, monkeypatch):
+    """A run made before --data was recorded absolute names its image folder as spelled
+    (`tiny`); resumed from its folder, where --data is now made absolute, it is the same
+    data (was: "trained on other data (name: 'tiny' there, '/.../tiny' now)")."""
+    monkeypatch.chdir(tmp_path)
+    make_tiny_imagenet(tmp_path / "tiny")
+    args = ["--out", "run", "--device", "cpu", "--no-progress", "--workers", "0"]
+    with monkeypatch.context() as m:
+        m.setattr("reslab.train.recipes.absolute_data", lambda data, **kw: data)
+        assert main(["train", "--model", "resnet18", "--recipe", "imagenet", "--data", "tiny",
+                     "--iterations", "2", "--batch-size", "4", "--eval-every", "2", *args,
+                     *SMALL]) == 0
+    old = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert old["data"]["name"] == "tiny" and old["config"]["data"] == "tiny"
+    assert main(["train", "--resume", "--iterations", "4", *args]) == 0
+    new = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert new["iteration"] == 4 and new["data"]["name"] == str(tmp_path / "tiny")
+    assert {k: v for k, v in new["data"].items() if k != "name"} == {
+        k: v for k, v in old["data"].items() if k != "name"}
+    make_tiny_imagenet(tmp_path / "other", classes=2)  # another folder is still refused
+    assert main(["train", "--resume", "--iterations", "6", "--data", "other", *args]) == 2

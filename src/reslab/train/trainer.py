@@ -30,7 +30,7 @@ from reslab.errors import ReslabError
 from reslab.models.registry import ModelSpec, build, resolve
 from reslab.train.checkpoint import Checkpoint, check_same_run
 from reslab.train.distributed import World, all_reduce_sum, barrier, init_world
-from reslab.train.recipes import TrainConfig
+from reslab.train.recipes import TrainConfig, same_data
 from reslab.train.run_folder import RunFolder
 from reslab.train.runlog import RunLog, is_finite_model, read_metrics
 from reslab.train.schedule import PlateauSchedule, StepSchedule, needs_warmup
@@ -288,6 +288,12 @@ def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, spec: ModelSpec, data: d
                           "--shortcut")
     changes = (cfg.changes_from(TrainConfig.from_dict(ckpt.config))
                if ckpt.config is not None else {})
+    recorded = (ckpt.data or {}).get("name")
+    if isinstance(recorded, str) and recorded != data.get("name") and same_data(
+            recorded, data.get("name")):
+        # An image folder's identity is named by its path as --data spelled it; runs made
+        # before --data was recorded absolute spell it relative: the same folder.
+        data = {**data, "name": recorded}
     check_same_run(ckpt, data, changes, out, data_flags="--data and --val-split",
                    resume_command="reslab train --resume --out DIR")
 
