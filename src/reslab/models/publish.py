@@ -151,6 +151,8 @@ def publish(checkpoint: str | os.PathLike, name: str, data: str | None = None, *
     for k in ("milestones", "precision", "world_size", "eval_split"):  # as the run resolved them
         if run.get(k) is not None:
             recipe_d[k] = run[k]
+    if len(run.get("precision_history") or ()) > 1:  # e.g. fp32, then bf16 from a resume on
+        recipe_d["precision_history"] = run["precision_history"]
     auto = []
     if checkpoint.name == "best.pt" and run.get("eval_split") == "test":
         auto.append("best.pt was chosen by its error on this same test split, an optimistic "
