@@ -53,6 +53,13 @@ class ZeroPadShortcut(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last if `x` is laid out so (and not also plain contiguous), else
+    contiguous_format: the layout a hand-written backward gives its gradient."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class _SubsampleZeroPad(torch.autograd.Function):
     """Option A's data movement in training, y[:, :C] = x[:, :, ::s, ::s], y[:, C:] = 0,
     written by hand for its backward: autograd's own (`slice_backward` behind the strided
@@ -64,9 +71,7 @@ class _SubsampleZeroPad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, stride: int, out_channels: int) -> torch.Tensor:
-        channels_last = (x.is_contiguous(memory_format=torch.channels_last)
-                         and not x.is_contiguous())
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        fmt = memory_format_of(x)
         ctx.in_shape, ctx.stride, ctx.fmt = x.shape, stride, fmt
         sub = x[:, :, ::stride, ::stride]
         y = torch.empty((x.shape[0], out_channels, *sub.shape[2:]), dtype=x.dtype,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from reslab.errors import ReslabError
-from reslab.models.blocks import BasicBlock, Bottleneck, init_he
+from reslab.models.blocks import BasicBlock, Bottleneck, init_he, memory_format_of
 
 
 class _MeanGrad(torch.autograd.Function):
@@ -23,9 +23,7 @@ class _MeanGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        channels_last = x.is_contiguous(memory_format=torch.channels_last)
-        ctx.shape = x.shape
-        ctx.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        ctx.shape, ctx.fmt = x.shape, memory_format_of(x)
         return torch.nn.functional.adaptive_avg_pool2d(x, 1)
 
     @staticmethod
