@@ -1,7 +1,7 @@
 """Gradients in the network's memory format: the CPU step before and after (issue 15, part 3).
 
 On a CPU whose convolutions are fast (AMX bf16), most of a ResNet-20 training step is
-memory traffic, and PyTorch's element-wise kernels are 15x slower when their inputs mix
+memory traffic, and PyTorch's element-wise kernels are ~16x slower when their inputs mix
 channels_last and NCHW. Two backward passes of autograd produced NCHW gradients in a
 channels_last network: option A's shortcut (`slice_backward` behind `x[:, :, ::2, ::2]`)
 and the global average pool (mean's backward), so the gradient sums and ReLU backward
@@ -36,30 +36,20 @@ import time
 VARIANTS = ("before", "now")
 
 
-def old_zero_pad_forward(self, x):
-    """Option A as earlier versions computed it (autograd's slice and pad backward)."""
-    import torch.nn.functional as F
-
-    if self.stride != 1:
-        x = x[:, :, :: self.stride, :: self.stride]
-    extra = self.out_channels - self.in_channels
-    if extra:
-        x = F.pad(x, (0, 0, 0, 0, 0, extra))
-    return x
-
-
 def child(variant: str, steps: int, warmup: int, precision: str) -> None:
     import torch
     from torch import nn
 
-    from reslab.models.blocks import ZeroPadShortcut
+    from reslab.models.blocks import ZeroPadShortcut, zero_pad_shortcut
     from reslab.models.network import GlobalAvgPool
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from cifar_step import Path, Runner, load_data
 
     if variant == "before":
-        ZeroPadShortcut.forward = old_zero_pad_forward
+        # option A as earlier versions computed it in training (autograd's slice and pad)
+        ZeroPadShortcut.forward = lambda self, x: zero_pad_shortcut(x, self.out_channels,
+                                                                    self.stride)
         GlobalAvgPool.forward = nn.AdaptiveAvgPool2d.forward
     runner = Runner(Path(variant, precision=precision), load_data(None, max_images=8192))
     runner.run(warmup)
@@ -68,8 +58,7 @@ def child(variant: str, steps: int, warmup: int, precision: str) -> None:
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     digest = hashlib.sha256(runner.flat_weights().numpy().tobytes()).hexdigest()[:12]
     print(json.dumps({"variant": variant, "images_per_sec": ips, "faults_per_step": faults,
-                      "weights": digest,
-                      "threads": torch.get_num_threads()}))
+                      "weights": digest, "threads": torch.get_num_threads()}))
 
 
 def main() -> None:

@@ -42,15 +42,22 @@ class ZeroPadShortcut(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():  # the backward that keeps the layout
             return _SubsampleZeroPad.apply(x, self.stride, self.out_channels)
-        if self.stride != 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        extra = self.out_channels - self.in_channels
-        if extra:
-            x = F.pad(x, (0, 0, 0, 0, 0, extra))
-        return x
+        return zero_pad_shortcut(x, self.out_channels, self.stride)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+def zero_pad_shortcut(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tensor:
+    """Option A with plain ops, `x[:, :, ::s, ::s]` zero-padded to `out_channels`: what
+    `ZeroPadShortcut` computes outside training (eval, export), and how autograd would
+    differentiate it (NCHW gradients; `_SubsampleZeroPad`)."""
+    if stride != 1:
+        x = x[:, :, ::stride, ::stride]
+    extra = out_channels - x.shape[1]
+    if extra:
+        x = F.pad(x, (0, 0, 0, 0, 0, extra))
+    return x
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
