@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision.datasets as tvd
 
 import reslab.data.cifar as cifar
 from reslab.data import load_image_data
@@ -28,6 +29,15 @@ def home(tmp_path, monkeypatch):
     h = tmp_path / "home"
     monkeypatch.setenv("RESLAB_HOME", str(h))
     return h
+
+
+@pytest.fixture(autouse=True)
+def hand_made_members(monkeypatch):
+    """These tests read small hand-made files in the official layout: their md5s are not
+    the official ones, so the member check is emptied (tests that check it restore it)."""
+    official = cifar.CIFAR_MEMBER_MD5
+    monkeypatch.setattr(cifar, "CIFAR_MEMBER_MD5", {k: {} for k in official})
+    return official
 
 
 def _batch(rng, n, label_key, n_classes, protocol):
@@ -143,23 +153,57 @@ def _point_table(monkeypatch, kind, url, md5sum):
     monkeypatch.setattr(cifar, "CIFAR_ARCHIVES", table)
 
 
-def test_archive_in_root_md5_good_and_bad(tmp_path, monkeypatch):
+def _official(monkeypatch, files, kind="cifar10", wrong=()):
+    """Make the hand-made `files` the 'official' ones, except the members in `wrong`."""
+    table = {k: {} for k in cifar.CIFAR_MEMBER_MD5}
+    table[kind] = {n: hashlib.md5(b).hexdigest() for n, b in files.items()
+                   if n != "readme.html" and n not in wrong}
+    for n in wrong:
+        table[kind][n] = "0" * 32
+    monkeypatch.setattr(cifar, "CIFAR_MEMBER_MD5", table)
+
+
+def test_repacked_archive_in_root_accepted_by_its_members(tmp_path, monkeypatch):
+    """An archive whose own md5 is not the official one (repacked) loads when its members
+    are right; it is unpacked for the next run."""
     files, expected = make_cifar10_files(np.random.default_rng(5))
+    _official(monkeypatch, files)
     root = tmp_path / "root"
     root.mkdir()
     archive = write_tar(root / "cifar-10-python.tar.gz", "cifar-10-batches-py", files)
-    _point_table(monkeypatch, "cifar10", "http://127.0.0.1:9/none", md5(archive))
+    assert md5(archive) != cifar.CIFAR_ARCHIVES["cifar10"]["md5"]
     check(load_image_data("cifar10", root=root, download=False), expected, 10)
     assert (root / "cifar-10-batches-py" / "data_batch_5").is_file()  # unpacked
+    check(load_image_data("cifar10", root=root, download=False), expected, 10)  # from folder
 
-    # A corrupted archive (and no unpacked folder) is refused.
-    root2 = tmp_path / "root2"
-    root2.mkdir()
-    bad = bytearray(archive.read_bytes())
-    bad[len(bad) // 2] ^= 0xFF
-    (root2 / "cifar-10-python.tar.gz").write_bytes(bytes(bad))
-    with pytest.raises(ReslabError, match="md5"):
-        load_image_data("cifar10", root=root2, download=False)
+
+@pytest.mark.parametrize("route", ["home-archive", "home-folder", "data-archive", "data-folder"])
+def test_wrong_member_is_one_error_naming_it(tmp_path, monkeypatch, home, route):
+    """A member whose md5 is not the official one is refused, by name, on every route."""
+    files, _ = make_cifar10_files(np.random.default_rng(6))
+    _official(monkeypatch, files, wrong=("data_batch_3",))
+    (home / "data").mkdir(parents=True)
+    if route == "home-archive":
+        write_tar(home / "data" / "cifar-10-python.tar.gz", "cifar-10-batches-py", files)
+    elif route == "home-folder":
+        write_folder(home / "data" / "cifar-10-batches-py", files)
+    elif route == "data-archive":
+        spec = str(write_tar(tmp_path / "c10.tar.gz", "cifar-10-batches-py", files))
+    else:
+        spec = str(write_folder(tmp_path / "cifar-10-batches-py", files))
+    with pytest.raises(ReslabError, match=r"data_batch_3 has md5 \w+, not the official") as e:
+        load_image_data("cifar10" if route.startswith("home") else spec, download=False)
+    assert "\n" not in str(e.value)
+    if route == "home-archive":  # the wrong member was not unpacked into place
+        assert not (home / "data" / "cifar-10-batches-py").exists()
+
+
+def test_official_md5s_are_torchvisions(hand_made_members):
+    """The table is torchvision's own list (CIFAR10/CIFAR100 train_list, test_list, meta)."""
+    for kind, cls in (("cifar10", tvd.CIFAR10), ("cifar100", tvd.CIFAR100)):
+        theirs = dict(cls.train_list + cls.test_list)
+        theirs[cls.meta["filename"]] = cls.meta["md5"]
+        assert hand_made_members[kind] == theirs
 
 
 @pytest.fixture

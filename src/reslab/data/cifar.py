@@ -1,8 +1,11 @@
 """CIFAR-10 / CIFAR-100 in the official python format (Sec. 4.2 of the paper).
 
-Finds the data in a folder (`cifar-10-batches-py/` or `cifar-100-python/`) or its
-official `.tar.gz`, downloading the archive when absent (as torchvision does): to a
-temporary name, md5-checked, then renamed into place and unpacked.
+Finds the data in a folder (`cifar-10-batches-py/` or `cifar-100-python/`) or a
+`.tar.gz` of one, downloading the official archive when absent (as torchvision does): to
+a temporary name, md5-checked, then renamed into place and unpacked. Whatever the route,
+every batch file is checked against the md5 torchvision's `CIFAR10`/`CIFAR100` check
+(`CIFAR_MEMBER_MD5`) before it is unpickled, so an archive repacked by a user is accepted
+when its members are the official ones, and a wrong member is an error naming it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,26 @@ CIFAR_ARCHIVES: dict[str, dict[str, str]] = {
         "md5": "eb9058c3a382ffc7106e4002c42a8d85",
         "filename": "cifar-100-python.tar.gz",
         "folder": "cifar-100-python",
+    },
+}
+
+# The md5 of every official file, as torchvision's CIFAR10/CIFAR100 classes list them
+# (the members, not the archive: a repacked archive of the right files is the same data).
+# Module-level so tests of the parser can use small hand-made files.
+CIFAR_MEMBER_MD5: dict[str, dict[str, str]] = {
+    "cifar10": {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    },
+    "cifar100": {
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+        "meta": "7973b15100ade9c7d40fb424638fde48",
     },
 }
 
@@ -359,6 +382,33 @@ def safe_unpickle(f: BinaryIO, what: str) -> dict[str, Any]:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
+# --- Verifying --------------------------------------------------------------------------
+
+
+def check_member_md5(f: BinaryIO, kind: str, fname: str, what: str) -> None:
+    """ReslabError naming `what` unless the open file `f` is the official `kind` file
+    `fname` (its md5 in `CIFAR_MEMBER_MD5`); `f` is left at its start. Checked before
+    unpickling, so only the official bytes ever reach the unpickler."""
+    expected = CIFAR_MEMBER_MD5[kind].get(fname)
+    if expected is None:
+        return
+    size = _stream_size(f)
+    if size is not None:
+        check_file_size(size, what)
+    h = hashlib.md5(usedforsecurity=False)
+    while block := f.read(1 << 20):
+        h.update(block)
+    f.seek(0)
+    if h.hexdigest() != expected:
+        label = "CIFAR-10" if kind == "cifar10" else "CIFAR-100"
+        raise ReslabError(
+            f"{what} has md5 {h.hexdigest()}, not the official {label} file's {expected} "
+            "(the md5 torchvision checks): it is corrupt, incomplete or modified; replace it "
+            f"with the official file (a modified {label} trains as an image folder: "
+            "ROOT/train/<class>/*, ROOT/test/<class>/*)"
+        )
+
+
 # --- Parsing ----------------------------------------------------------------------------
 
 
@@ -430,12 +480,14 @@ def _names(d: dict[str, Any], key: str, what: str) -> list[str]:
 
 def parse_cifar(kind: str, open_member: Callable[[str], BinaryIO], name: str,
                 test_only: bool = False) -> ImageData:
-    """Build ImageData from the official files; `open_member(filename)` opens each one.
+    """Build ImageData from the official files; `open_member(filename)` opens each one
+    (each md5-checked, then safely unpickled).
     `test_only`: read only the test batch (evaluation; the training split is empty)."""
     fmt = _FORMATS[kind]
 
     def load(fname: str) -> dict[str, Any]:
         with open_member(fname) as f:
+            check_member_md5(f, kind, fname, f"{name}/{fname}")
             return safe_unpickle(f, f"{name}/{fname}")
 
     classes = _names(load(fmt["meta"]), fmt["names"], f"{name}/{fmt['meta']}")
@@ -540,6 +592,8 @@ def _unpack(archive: Path, kind: str, dest_dir: Path) -> Path:
                 assert src is not None
                 with open(tmp / base, "wb") as out:
                     shutil.copyfileobj(src, out)
+                with open(tmp / base, "rb") as written:  # a wrong member is never put in place
+                    check_member_md5(written, kind, base, f"{archive}:{m.name}")
             try:
                 os.replace(tmp, folder)
             except OSError:
@@ -593,7 +647,8 @@ def load_cifar(
     """CIFAR-10/100 from `root` (default `reslab_home()/data`), downloading if allowed.
 
     Looks for, in order: `root` itself being the batches folder, `root/<folder>`, and
-    `root/<archive>.tar.gz` (md5-checked, then unpacked); else downloads the archive.
+    `root/<archive>.tar.gz` (unpacked; a repacked archive is fine), else downloads the
+    official archive (its md5 checked). Every member's md5 is checked as it is read.
     """
     info = CIFAR_ARCHIVES[kind]
     base = Path(root).expanduser() if root is not None else reslab_home() / "data"
@@ -616,11 +671,4 @@ def load_cifar(
             raise ReslabError(
                 f"could not download {kind} from {info['url']} ({reason}): {where}; {DATA_HINT}"
             ) from None
-    else:
-        got = md5sum(archive)
-        if got != info["md5"]:
-            raise ReslabError(
-                f"{archive} has md5 {got}, expected {info['md5']} (corrupt or incomplete): "
-                "delete it and run again to re-download"
-            )
     return read_cifar_folder(_unpack(archive, kind, base), test_only)
