@@ -157,6 +157,13 @@ def test_full_disk_at_the_first_evaluation_says_what_was_written(tmp_path, monke
 
 
 
+@pytest.mark.parametrize("command", [["detect", "train", "--data", SPEC],
+                                     ["train", "--model", "resnet8", "--data", "synthetic"]])
+def test_seed_beyond_64_bits_is_one_line(tmp_path, capsys, command):
+    code, _, err = reslab(capsys, *command, "--seed", 2**70, "--out", tmp_path / "run",
+                          "--iterations", "1", "--device", "cpu")
+    one_line(code, err, "--seed must be an integer in 0..4294967295")
+    assert not (tmp_path / "run").exists()
 
 
 # ---- 9. --skip-bad skips undecodable images ------------------------------------------------------
