@@ -6,7 +6,10 @@ leave the data set, and every hint names a flag of the command that ran."""
 from __future__ import annotations
 
 import errno
+import json
+import os
 import struct
+import warnings
 from pathlib import Path
 
 import pytest
@@ -142,19 +145,78 @@ def test_full_disk_at_the_first_evaluation_says_what_was_written(tmp_path, monke
 # ---- 4-5. silent wrong answers ---------------------------------------------------------------
 
 
+def test_voc_reads_the_ids_image_not_a_stale_filename(voc):
+    a = xml(voc, 2)
+    a.write_text(a.read_text().replace("<filename>train_000002.png</filename>",
+                                       "<filename>train_000001.png</filename>"))
+    with pytest.warns(UserWarning, match=r"1 annotation names another image in <filename> "
+                      r".*train_000002\.xml names 'train_000001\.png'.*VOC devkit"):
+        data = open_detection_data(str(voc), "trainval")
+    assert data.image_info(2)["path"] == str(voc / "JPEGImages" / "train_000002.png")
+    assert data.image_info(1)["path"] == str(voc / "JPEGImages" / "train_000001.png")
 
 
+def test_a_devkit_layout_reads_without_a_warning(voc_jpg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = open_detection_data(str(voc_jpg), "trainval")
+    assert [Path(data.image_info(i)["path"]).name for i in range(4)] == [
+        f"train_{i:06d}.jpg" for i in range(4)]
+    assert len(data[3][0].shape) == 3
 
 
+def test_duplicate_coco_category_names_are_refused(coco):
+    d = json.loads(coco_json(coco).read_text())
+    d["categories"][1]["name"] = d["categories"][0]["name"]
+    coco_json(coco).write_text(json.dumps(d))
+    msg = one_line_error(str(coco), "val", "appears twice")
+    assert f"category name {d['categories'][0]['name']!r} appears twice" in msg
+    one_line_error(str(coco), "val", "appears twice", skip_bad=True)
 
 
 # ---- 8. numbers and nesting: one line ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "1" + "0" * 5000])
+def test_voc_sizes_that_are_not_numbers_of_pixels(voc, value):
+    text = xml(voc).read_text()
+    xml(voc).write_text(text.replace("<width>48</width>", f"<width>{value}</width>"))
+    msg = one_line_error(str(voc), "trainval", r"<width> is .*not an image side in pixels")
+    assert str(xml(voc)) in msg and len(msg) < 600
+    with pytest.warns(UserWarning, match="skipped 1 bad entry"):
+        assert len(open_detection_data(str(voc), "trainval", skip_bad=True)) == 3
 
 
+def test_coco_numbers_too_large_for_a_float(coco):
+    huge = "1" + "0" * 400  # written as an integer: float() of it overflows
+    d = json.loads(coco_json(coco).read_text())
+    n = len(d["annotations"])
+    d["annotations"][0]["bbox"][0] = "@"
+    d["annotations"][1]["area"] = "@"
+    coco_json(coco).write_text(json.dumps(d).replace('"@"', huge))
+    with pytest.warns(UserWarning, match=r"dropped 1 boxes"):  # its x is not finite
+        data = open_detection_data(str(coco), "val")
+    assert sum(len(data.target(i)["labels"]) for i in range(len(data))) == n - 1
+    d = json.loads(coco_json(coco).read_text().replace(huge, "1"))
+    d["images"][0]["width"] = int(huge)
+    coco_json(coco).write_text(json.dumps(d))
+    one_line_error(str(coco), "val", r"images\[0\] needs .*'width' and 'height' in 1\.\.")
+    d["images"][0]["width"] = 48
+    d["categories"][0]["id"] = 2**70
+    coco_json(coco).write_text(json.dumps(d))
+    one_line_error(str(coco), "val", r"categories\[0\] needs an integer 'id'")
 
 
+def test_coco_json_with_endless_digits_or_nesting(coco):
+    d = json.loads(coco_json(coco).read_text())
+    text = json.dumps(d)
+    coco_json(coco).write_text(text.replace('"id": 1,', '"id": ' + "1" * 5000 + ",", 1))
+    msg = one_line_error(str(coco), "val", r"cannot parse .*4300 digits")
+    assert len(msg) < 400
+    depth = 100_000
+    d["info"] = "@"
+    coco_json(coco).write_text(json.dumps(d).replace('"@"', "[" * depth + "]" * depth))
+    one_line_error(str(coco), "val", r"cannot parse .*nested too deeply", skip_bad=True)
 
 
 @pytest.mark.parametrize("command", [["detect", "train", "--data", SPEC],
@@ -185,8 +247,43 @@ def spoil(voc_jpg: Path) -> None:
 # ---- 10. paths never leave the data set ------------------------------------------------
 
 
+def test_voc_paths_leading_outside_are_skipped_and_counted(tmp_path, voc):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    secret = outside / "secret.png"
+    secret.write_bytes((voc / "JPEGImages" / "train_000000.png").read_bytes())
+    # an absolute <filename>: the id's own image is read, never the other file
+    a = xml(voc, 0)
+    a.write_text(a.read_text().replace("<filename>train_000000.png</filename>",
+                                       f"<filename>{secret}</filename>"))
+    # a link in JPEGImages to a file outside the root
+    (voc / "JPEGImages" / "train_000001.png").unlink()
+    (voc / "JPEGImages" / "train_000001.png").symlink_to(secret)
+    # an id with ../ in the split file, with an annotation and an image for it outside
+    (outside / "x.xml").write_text(xml(voc, 2).read_text())
+    (outside / "x.png").write_bytes(secret.read_bytes())
+    split = voc / "ImageSets" / "Main" / "trainval.txt"
+    split.write_text(split.read_text() + f"../../../{outside.name}/x\n")
+    with pytest.warns(UserWarning, match=r"skipped 2 images whose path leads outside the "
+                      r"data set"):
+        data = open_detection_data(str(voc), "trainval")
+    paths = [data.image_info(i)["path"] for i in range(len(data))]
+    assert len(data) == 3 and all(str(voc) in p for p in paths)
+    assert paths[0] == str(voc / "JPEGImages" / "train_000000.png")
 
 
+def test_coco_file_names_leading_outside_are_skipped_and_counted(tmp_path, coco):
+    d = json.loads(coco_json(coco).read_text())
+    (tmp_path / "outside.png").write_bytes((coco / "val" / "train_000000.png").read_bytes())
+    d["images"][0]["file_name"] = "../../outside.png"
+    d["images"][1]["file_name"] = str(tmp_path / "outside.png")
+    (coco / "val" / "link.png").symlink_to(tmp_path / "outside.png")
+    d["images"][2]["file_name"] = "link.png"
+    coco_json(coco).write_text(json.dumps(d))
+    with pytest.warns(UserWarning, match=r"skipped 3 images whose path leads outside"):
+        data = open_detection_data(str(coco), "val")
+    assert len(data) == 1 and data.image_info(0)["path"] == str(
+        coco / "val" / "train_000003.png")
 
 
 # ---- 11. hints that fit the command ----------------------------------------------------
@@ -194,7 +291,29 @@ def spoil(voc_jpg: Path) -> None:
 
 
 
+def test_a_cifar_checkpoint_as_backbone_weights_suggests_no_cifar_backbone(tmp_path):
+    from reslab.models.registry import create_model
+
+    net = create_model("resnet8", num_classes=10)
+    Checkpoint(model_spec=net.reslab_spec.to_dict(), model=net.state_dict(),
+               preprocess={"mean": torch.zeros(3, 32, 32)}, classes=list("abcdefghij")).save(
+        tmp_path / "cifar.pt")
+    with pytest.raises(ReslabError, match="resnet8, which is no detection backbone") as e:
+        create_detector("resnet18", "c4", num_classes=3, weights=tmp_path / "cifar.pt")
+    assert "--backbone resnet8" not in str(e.value)
 
 
+def test_a_fifo_annotation_is_named_as_such(voc):
+    xml(voc).unlink()
+    os.mkfifo(xml(voc))
+    msg = one_line_error(str(voc), "trainval", r"train_000001\.xml is a FIFO \(named pipe\), "
+                         "not an annotation file")
+    assert "does not exist" not in msg and "--skip-corrupt" not in msg
+    with pytest.warns(UserWarning, match="skipped 1 bad entry"):
+        assert len(open_detection_data(str(voc), "trainval", skip_bad=True)) == 3
 
 
+@pytest.mark.parametrize("spec", [",,", " , "])
+def test_data_of_only_commas_names_no_folder(spec):
+    msg = one_line_error(spec, "test", "names no folder")
+    assert not msg.startswith(" ")
