@@ -103,8 +103,68 @@ def jpeg_bomb() -> bytes:
 # ---- 1-3. data loss ------------------------------------------------------------------------
 
 
+def test_predict_draw_into_the_inputs_folder_keeps_the_input(tmp_path, voc, weights, capsys):
+    photo = tmp_path / "photos" / "photo.png"
+    photo.parent.mkdir()
+    photo.write_bytes((voc / "JPEGImages" / "train_000000.png").read_bytes())
+    before = photo.read_bytes()
+    code, out, err = reslab(capsys, "detect", "predict", "--weights", weights, photo,
+                            "--draw", photo.parent, "--score-threshold", "0", *CPU)
+    assert code == 0, err
+    assert photo.read_bytes() == before
+    drawn = photo.parent / "photo-boxes.png"
+    assert drawn.is_file() and f"drawn: {drawn}" in out
+    # a second input of the same stem elsewhere gets a name of its own, no input is touched
+    other = tmp_path / "more" / "photo.png"
+    other.parent.mkdir()
+    other.write_bytes(before)
+    code, out, err = reslab(capsys, "detect", "predict", "--weights", weights, photo, other,
+                            "--draw", other.parent, *CPU)
+    assert code == 0, err
+    assert photo.read_bytes() == other.read_bytes() == before
+    assert sorted(p.name for p in other.parent.iterdir()) == [
+        "photo-boxes-2.png", "photo-boxes.png", "photo.png"]
 
 
+def test_eval_predictions_never_replace_an_input(tmp_path, coco, weights, capsys):
+    before = weights.read_bytes()
+    for flags in (["--predictions", weights],
+                  ["--predictions", tmp_path / "p.json", "--coco-gt", weights]):
+        code, _, err = reslab(capsys, "detect", "eval", "--weights", weights, "--data", coco,
+                              "--split", "val", "--no-progress", *CPU, *flags)
+        one_line(code, err, "is the --weights checkpoint")
+    assert weights.read_bytes() == before
+    link = tmp_path / "link.pt"
+    link.symlink_to(weights)
+    code, _, err = reslab(capsys, "detect", "eval", "--weights", weights, "--data", coco,
+                          "--split", "val", "--predictions", link, *CPU)
+    one_line(code, err, "is the --weights checkpoint")
+    assert weights.read_bytes() == before
+    same = tmp_path / "x.json"
+    code, _, err = reslab(capsys, "detect", "eval", "--weights", weights, "--data", coco,
+                          "--split", "val", "--predictions", same, "--coco-gt", same, *CPU)
+    one_line(code, err, "--predictions and --coco-gt both name")
+    assert not same.exists()
+    ann = coco_json(coco)
+    text = ann.read_text()
+    code, _, err = reslab(capsys, "detect", "eval", "--weights", weights, "--data", coco,
+                          "--split", "val", "--predictions", tmp_path / "p.json", "--coco-gt",
+                          ann, "--no-progress", *CPU)
+    one_line(code, err, "is an annotation file of --data")
+    assert ann.read_text() == text and not (tmp_path / "p.json").exists()
+    image = coco / "val" / "train_000000.png"
+    data = image.read_bytes()
+    code, _, err = reslab(capsys, "detect", "eval", "--weights", weights, "--data", coco,
+                          "--split", "val", "--predictions", image, "--no-progress", *CPU)
+    one_line(code, err, "is an image of --data")
+    assert image.read_bytes() == data
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    for target in (os.devnull, fifo):
+        code, _, err = reslab(capsys, "detect", "eval", "--weights", weights, "--data", coco,
+                              "--split", "val", "--predictions", target, *CPU)
+        one_line(code, err, "is not a regular file (a device, FIFO or socket)")
+    assert Path(os.devnull).is_char_device() and fifo.is_fifo()
 
 
 def test_full_disk_at_the_first_evaluation_says_what_was_written(tmp_path, monkeypatch):
@@ -240,8 +300,38 @@ def spoil(voc_jpg: Path) -> None:
     (folder / "train_000003.jpg").write_bytes(jpeg_bomb())
 
 
+def test_eval_skip_bad_skips_undecodable_images(voc_jpg, weights, capsys):
+    spoil(voc_jpg)
+    args = ("detect", "eval", "--weights", weights, "--data", voc_jpg, "--split", "trainval",
+            "--json", "--no-progress", *CPU)
+    code, _, err = reslab(capsys, *args)
+    one_line(code, err, "train_000001.jpg")
+    with pytest.warns(UserWarning, match=r"skipped 3 unreadable images \(skip_bad\); 1 of 4"):
+        code, out, err = reslab(capsys, *args, "--skip-bad")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["images"] == 1 and metrics["skipped_images"] == 3
 
 
+def test_training_skip_bad_takes_the_next_readable_image(voc_jpg):
+    from reslab.detection.config import DetectConfig
+    from reslab.detection.trainer import DetectionSource
+    from reslab.engine import make_engine
+    from reslab.train.distributed import World
+
+    spoil(voc_jpg)
+    cfg = DetectConfig(data=str(voc_jpg), train_split="trainval", val_split="trainval",
+                       batch_size=4, iterations=1, device="cpu", out="unused")
+    source = DetectionSource(cfg, make_engine("cpu", "fp32"), World())
+    with pytest.raises(ReslabError, match="cannot decode image"):
+        source.load(0)
+    cfg = DetectConfig(**{**cfg.to_dict(), "skip_bad": True})
+    source = DetectionSource(cfg, make_engine("cpu", "fp32"), World())
+    with pytest.warns(UserWarning, match="the next readable image stands in"):
+        batch = source.load(0)
+    assert len(batch) == 4 and all(img.shape == (3, 48, 48) for img, _ in batch)
+    first = source.train.image(0)
+    assert all(torch.equal(img, first) or torch.equal(img, first.flip(-1)) for img, _ in batch)
 
 
 # ---- 10. paths never leave the data set ------------------------------------------------
@@ -289,6 +379,22 @@ def test_coco_file_names_leading_outside_are_skipped_and_counted(tmp_path, coco)
 # ---- 11. hints that fit the command ----------------------------------------------------
 
 
+def test_detect_predict_hints_only_its_own_flags(tmp_path, weights, capsys, monkeypatch):
+    from reslab.data.decode import MAX_PIXELS_ENV
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, "")  # the default limit; restored after the test
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    code, _, err = reslab(capsys, "detect", "predict", "--weights", weights, fifo, *CPU)
+    line = one_line(code, err, "is a FIFO (named pipe), not an image file")
+    assert "--skip" not in line
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(jpeg_bomb())
+    code, _, err = reslab(capsys, "detect", "predict", "--weights", weights, bomb, *CPU)
+    one_line(code, err, "--max-image-pixels N")  # a flag detect predict has:
+    code, _, err = reslab(capsys, "detect", "predict", "--weights", weights, bomb,
+                          "--max-image-pixels", "1000", *CPU)
+    one_line(code, err, "over the limit of 1,000")
 
 
 def test_a_cifar_checkpoint_as_backbone_weights_suggests_no_cifar_backbone(tmp_path):
