@@ -305,7 +305,8 @@ def test_eval_skip_bad_skips_undecodable_images(voc_jpg, weights, capsys):
     args = ("detect", "eval", "--weights", weights, "--data", voc_jpg, "--split", "trainval",
             "--json", "--no-progress", *CPU)
     code, _, err = reslab(capsys, *args)
-    one_line(code, err, "train_000001.jpg")
+    line = one_line(code, err, "train_000001.jpg")
+    assert line.endswith("or pass skip_bad=True (--skip-bad) to skip it")  # eval has it
     with pytest.warns(UserWarning, match=r"skipped 3 unreadable images \(skip_bad\); 1 of 4"):
         code, out, err = reslab(capsys, *args, "--skip-bad")
     assert code == 0, err

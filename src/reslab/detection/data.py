@@ -202,18 +202,25 @@ class DetectionDataset(torch.utils.data.Dataset):
                 f"{len(self)} images, {sum(len(r.labels) for r in self.records)} boxes)")
 
     def image(self, i: int) -> torch.Tensor:
-        """Image i, uint8 RGB (3, H, W); ReslabError naming the file if it cannot be
-        decoded or its size differs from its annotation's. An image held in memory (the
+        """Image i, uint8 RGB (3, H, W); ReslabError naming the file (and, without
+        skip_bad, how to skip it) if it cannot be decoded or its size differs from its
+        annotation's. An image held in memory (the
         synthetic set) is returned as stored: do not modify it in place."""
         r = self.records[i]
         if self._images is not None:
             return self._images[i]
         assert r.path is not None
-        img = read_image(r.path)
-        if tuple(img.shape[1:]) != (r.height, r.width):
-            raise ReslabError(
-                f"image {r.path} is {img.shape[2]}x{img.shape[1]} but its annotation says "
-                f"{r.width}x{r.height}; its boxes would be wrong: fix the annotation or image")
+        try:
+            img = read_image(r.path, hint=None)
+            if tuple(img.shape[1:]) != (r.height, r.width):
+                raise ReslabError(
+                    f"image {r.path} is {img.shape[2]}x{img.shape[1]} but its annotation says "
+                    f"{r.width}x{r.height}; its boxes would be wrong: fix the annotation or "
+                    "image")
+        except ReslabError as e:  # say how to skip it, unless it is being skipped
+            if self.skip_bad:
+                raise
+            raise ReslabError(f"{e}; {SKIP_BAD_HINT}") from None
         return img
 
     def readable_image(self, i: int) -> torch.Tensor | None:
