@@ -122,7 +122,7 @@ def _os_error(e: OSError, path: Path, existed: bool) -> ReslabError:
     """One line: what failed, what is intact, what to do."""
     what, todo = _FAILURES.get(e.errno or 0) or (
         f"cannot write {{}} ({e.strerror or type(e).__name__})", "check the path")
-    outcome = f"the previous {path.name} is intact" if existed else "nothing was written"
+    outcome = f"the previous {path.name} is intact" if existed else f"no {path.name} was written"
     return ReslabError(f"{what.format(path)}; {outcome}: {todo}")
 
 

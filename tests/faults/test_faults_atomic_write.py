@@ -46,7 +46,7 @@ def test_no_space_keeps_previous_file(tmp_path):
 
 def test_no_space_new_file_says_nothing_written(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    with pytest.raises(ReslabError, match=r"no space left .*; nothing was written"):
+    with pytest.raises(ReslabError, match=r"no space left .*; no metrics\.jsonl was written"):
         atomic_write(path, _full)
     assert list(tmp_path.iterdir()) == []
 

@@ -234,7 +234,9 @@ def test_an_image_over_a_lowered_limit_is_refused_and_a_raised_limit_lets_it_thr
 
 @pytest.mark.parametrize("argv", [
     ["train"], ["eval", "--weights", "w.pt"], ["predict", "--weights", "w.pt", "x.png"],
-    ["reproduce", "figure1", "--out", "o"]])
+    ["reproduce", "figure1", "--out", "o"], ["detect", "train"],
+    ["detect", "eval", "--weights", "w.pt", "--data", "d"],
+    ["detect", "predict", "--weights", "w.pt", "x.png"]])
 def test_max_image_pixels_flag_on_every_command_that_reads_images(argv, monkeypatch):
     build_parser().parse_args([*argv, "--max-image-pixels", "400000000"])
     assert decode_mod.max_image_pixels() == 400_000_000

@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from reslab.cli.image_limit import add_max_image_pixels
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 
@@ -130,6 +131,7 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
+    add_max_image_pixels(p)  # every detect verb reads images
 
 
 def _register_eval(verbs: argparse._SubParsersAction) -> None:
@@ -255,6 +257,7 @@ def check_test_flags(args: argparse.Namespace) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from reslab.atomic_write import atomic_write_json
     from reslab.detection import coco_ground_truth, coco_results, evaluate_detections
+    from reslab.detection.evaluate import scored_images
     from reslab.detection.inference import (
         detect_dataset,
         load_detector,
@@ -265,17 +268,29 @@ def run_eval(args: argparse.Namespace) -> int:
     from reslab.engine import make_engine
 
     check_test_flags(args)
-    loaded = load_detector(args.weights)
-    gt_path = None
+    gt_path = outputs = None
     if args.predictions:
         preds = Path(args.predictions)
         gt_path = Path(args.coco_gt) if args.coco_gt else preds.with_name(preds.stem + "-gt.json")
-        for path, flag in ((preds, "--predictions"), (gt_path, "--coco-gt")):
+        outputs = ((preds, "--predictions"), (gt_path, "--coco-gt"))
+        for path, flag in outputs:
             if path.is_dir():
                 raise ReslabError(f"{flag} {path} is a folder: name the JSON file to write")
+            if path.exists() and not path.is_file():
+                raise ReslabError(f"{flag} {path} is not a regular file (a device, FIFO or "
+                                  "socket): give a new file or a regular one")
+        if same_file(preds, gt_path):
+            raise ReslabError(f"--predictions and --coco-gt both name {preds}: the detections "
+                              "and their ground truth need two files")
+        refuse_inputs(outputs, [Path(args.weights)], "the --weights checkpoint")
     elif args.coco_gt:
         raise ReslabError("--coco-gt goes with --predictions")
+    loaded = load_detector(args.weights)
     data = open_detection_data(args.data, args.split, skip_bad=args.skip_bad)
+    if outputs:
+        refuse_inputs(outputs, data.sources, "an annotation file of --data")
+        refuse_inputs(outputs, [r.path for r in data.records if r.path is not None],
+                      "an image of --data")
     check_classes(loaded.classes, data.classes, data.name)
     engine = make_engine(args.device or "auto", args.precision or "auto", channels_last=False)
     model = engine.prepare(loaded.model)
@@ -283,10 +298,12 @@ def run_eval(args: argparse.Namespace) -> int:
     nms = set_test_nms(model, args.test_nms)
     detections = detect_dataset(model, data, engine, args.batch_size,
                                 progress=args.progress and not args.json)
-    metrics = evaluate_detections(data, detections)
+    scored, detections = scored_images(data, detections)  # skip_bad: unreadable ones left out
+    metrics = {**evaluate_detections(scored, detections),
+               "skipped_images": len(data) - len(scored)}
     if args.predictions:
-        results = coco_results(data, detections)
-        atomic_write_json(gt_path, coco_ground_truth(data))
+        results = coco_results(scored, detections)
+        atomic_write_json(gt_path, coco_ground_truth(scored))
         atomic_write_json(Path(args.predictions), results)
     if args.json:
         print(json.dumps({**metrics, "weights": str(args.weights), "split": args.split,
@@ -305,6 +322,33 @@ def run_eval(args: argparse.Namespace) -> int:
               f"{gt_path} (its ground truth): score with pycocotools' COCOeval",
               file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and hard links too; a missing path is the
+    same as another only when both resolve alike)."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_inputs(outputs, inputs, what: str) -> None:
+    """ReslabError if an output path (path, flag) is one of the `inputs` (files read):
+    writing it would destroy what is being read. Only an existing output can be one; the
+    inputs compared are those of its (real) name, or all of them for a hard-linked file."""
+    for out, flag in outputs:
+        try:
+            st = os.stat(out)
+        except OSError:
+            continue
+        names = {out.name, Path(os.path.realpath(out)).name}
+        for path in inputs:
+            if (st.st_nlink > 1 or path.name in names) and same_file(out, path):
+                raise ReslabError(f"{flag} {out} is {what} ({path}): refusing to replace it; "
+                                  "give another path (nothing was written)")
 
 
 def check_classes(trained: list[str], data: list[str], name: str) -> None:
@@ -339,8 +383,9 @@ def run_predict(args: argparse.Namespace) -> int:
     set_test_size(model, args.min_size, args.max_size)
     set_test_nms(model, args.test_nms)
     everything, used = [], set()
+    inputs = [Path(p) for p in args.images]
     for path in args.images:
-        image = read_image(Path(path))
+        image = read_image(Path(path), hint=None)
         found = detect(model, [image], engine)[0]
         keep = found["scores"] >= args.score_threshold
         boxes, scores = found["boxes"][keep], found["scores"][keep]
@@ -356,7 +401,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.draw:
             out = _draw(image, boxes, [f"{n} {s:.2f}" for n, s in zip(names, scores.tolist(),
                                                                         strict=True)],
-                        Path(args.draw), Path(path), used)
+                        Path(args.draw), Path(path), used, inputs)
             if not args.json:
                 print(f"  drawn: {out}")
     if args.json:
@@ -364,17 +409,25 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _draw(image, boxes, labels: list[str], folder: Path, source: Path, used: set) -> Path:
-    """Write `image` with its boxes as FOLDER/<name>.png (atomically); names kept unique."""
+def _draw(image, boxes, labels: list[str], folder: Path, source: Path, used: set,
+          inputs: list[Path]) -> Path:
+    """Write `image` with its boxes as FOLDER/<name>.png (atomically); names kept unique,
+    and never an input image's (`<name>-boxes.png` then)."""
     from torchvision.io import encode_png
     from torchvision.utils import draw_bounding_boxes
 
     from reslab.atomic_write import atomic_write_bytes
 
-    stem, k = source.stem, 1
-    while stem in used:
+    def taken(stem: str) -> bool:  # used, an input, or a device/FIFO never to be replaced
+        out = folder / f"{stem}.png"
+        return (stem in used or any(same_file(out, p) for p in inputs)
+                or (out.exists() and not out.is_file()))
+
+    base = source.stem if not taken(source.stem) or source.stem in used else f"{source.stem}-boxes"
+    stem, k = base, 1
+    while taken(stem):
         k += 1
-        stem = f"{source.stem}-{k}"
+        stem = f"{base}-{k}"
     used.add(stem)
     drawn = draw_bounding_boxes(image, boxes, labels=labels, colors="red", width=2)
     out = folder / f"{stem}.png"

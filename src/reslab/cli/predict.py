@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     model = engine.prepare(loaded.model).eval()
     size = loaded.input_size or (loaded.crop or 32, loaded.crop or 32)
     for path in args.images:
-        img = decode_image_file(path)  # uint8 RGB; 16-bit scaled; too many pixels refused
+        img = decode_image_file(path, hint=None)  # uint8 RGB; 16-bit scaled; bombs refused
         if tuple(img.shape[-2:]) != size:
             img = TF.resize(img, list(size), antialias=True)
         with torch.no_grad():

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 
-from reslab.data.scan import read_regular_file
+from reslab.data.scan import SKIP_HINT, read_regular_file
 from reslab.errors import ReslabError
 
 __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "MAX_PIXELS_ENV", "decode_image_bytes",
@@ -146,11 +146,13 @@ def decode_image_bytes(data: bytes | bytearray, name: str,
     return img
 
 
-def decode_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
+def decode_image_file(path: str | os.PathLike, max_pixels: int | None = None, *,
+                      hint: str | None = SKIP_HINT) -> torch.Tensor:
     """Read and decode an image file to uint8 RGB (3, H, W) (see `decode_image_bytes`);
-    a FIFO or device is refused without blocking. ReslabError naming the file."""
+    a FIFO or device is refused without blocking, its message ending in `hint` (how the
+    calling command skips it; None: none). ReslabError naming the file."""
     try:
-        data = read_regular_file(path)
+        data = read_regular_file(path, hint=hint)
     except OSError as e:  # missing, forbidden, ...
         raise ReslabError(f"cannot read image {os.fspath(path)} ({e.strerror or e})") from None
     return decode_image_bytes(data, os.fspath(path), max_pixels)

@@ -58,8 +58,12 @@ def not_a_file(path: str) -> str:
     return "not a regular file"
 
 
-def not_a_file_error(path: str, what: str | None = None) -> ReslabError:
-    return ReslabError(f"{path} is {what or not_a_file(path)}, not an image file; {SKIP_HINT}")
+def not_a_file_error(path: str, what: str | None = None, *, kind: str = "an image file",
+                     hint: str | None = SKIP_HINT) -> ReslabError:
+    """One line: `path` is `what` (found if None), not `kind`; then `hint` (how to skip it,
+    in the calling command's words; None: no hint)."""
+    return ReslabError(f"{path} is {what or not_a_file(path)}, not {kind}"
+                       + (f"; {hint}" if hint else ""))
 
 
 def vanished_error(path: str | os.PathLike, root: str | os.PathLike,
@@ -71,15 +75,17 @@ def vanished_error(path: str | os.PathLike, root: str | os.PathLike,
                        f"folder anew{hint}")
 
 
-def read_regular_file(path: str | os.PathLike) -> bytearray:
-    """The bytes of a regular file; ReslabError for anything else, without blocking on a
-    FIFO (it is opened non-blocking and checked before reading)."""
+def read_regular_file(path: str | os.PathLike, *, kind: str = "an image file",
+                      hint: str | None = SKIP_HINT) -> bytearray:
+    """The bytes of a regular file; ReslabError for anything else (`not_a_file_error` with
+    `kind` and `hint`), without blocking on a FIFO (it is opened non-blocking and checked
+    before reading)."""
     path = os.fspath(path)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb", buffering=0) as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise not_a_file_error(path)
+            raise not_a_file_error(path, kind=kind, hint=hint)
         buf = bytearray(st.st_size)
         n = f.readinto(buf) or 0
         if n < len(buf):  # shrank while we read

@@ -19,8 +19,15 @@ import warnings
 from pathlib import Path
 
 from reslab.atomic_write import atomic_write_bytes, atomic_write_json
-from reslab.data.scan import read_regular_file
-from reslab.detection.data import SKIP_BAD_HINT, BoxTally, DetectionDataset, ImageRecord
+from reslab.data.scan import not_a_file, read_regular_file
+from reslab.detection.data import (
+    MAX_SIDE,
+    SKIP_BAD_HINT,
+    BoxTally,
+    DetectionDataset,
+    ImageRecord,
+    inside,
+)
 from reslab.detection.voc import encode_image
 from reslab.errors import ReslabError
 
@@ -49,18 +56,37 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_id(v: object) -> bool:
+    """An integer id that fits int64 (numpy and pycocotools hold ids so)."""
+    return _is_int(v) and -(2**63) <= v < 2**63  # type: ignore[operator]
+
+
+def _as_float(v: float) -> float:
+    """A JSON number as a float: an integer too large for one (1 and 400 zeros) is inf."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _load_json(path: Path) -> dict:
     try:
-        d = json.loads(read_regular_file(path))
+        d = json.loads(read_regular_file(path, kind="an annotation file", hint=None))
     except json.JSONDecodeError as e:
         raise ReslabError(f"cannot parse {path}: {e.msg} at line {e.lineno}, column {e.colno} "
                           "(malformed or truncated JSON)") from None
     except UnicodeDecodeError as e:
         raise ReslabError(f"cannot parse {path}: not UTF-8 text ({e.reason})") from None
+    except ValueError as e:  # Python's limit on integer digits (4,300)
+        raise ReslabError(f"cannot parse {path}: {str(e).split(':')[0]} (a number far too "
+                          "long for an annotation)") from None
+    except RecursionError:
+        raise ReslabError(f"cannot parse {path}: lists or objects nested too deeply for an "
+                          "annotation file") from None
     except OSError as e:
         raise ReslabError(f"cannot read {path} ({e.strerror or e})") from None
     if not isinstance(d, dict) or not isinstance(d.get("images"), list) or not isinstance(
@@ -72,13 +98,19 @@ def _load_json(path: Path) -> dict:
 
 def _categories(d: dict, path: Path) -> tuple[list[int], list[str]]:
     cats: dict[int, str] = {}
+    names: dict[str, int] = {}
     for k, c in enumerate(d["categories"]):
-        if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(
+        if not isinstance(c, dict) or not _is_id(c.get("id")) or not isinstance(
                 c.get("name"), str):
             raise ReslabError(f"{path}: categories[{k}] needs an integer 'id' and a 'name'")
         if c["id"] in cats:
             raise ReslabError(f"{path}: category id {c['id']} appears twice")
+        if c["name"] in names:  # evaluation would merge their objects under one name
+            raise ReslabError(f"{path}: category name {c['name'][:80]!r} appears twice (ids "
+                              f"{names[c['name']]} and {c['id']}): categories must have "
+                              "distinct names")
         cats[c["id"]] = c["name"]
+        names[c["name"]] = c["id"]
     if not cats:
         raise ReslabError(f"{path} has no categories")
     ids = sorted(cats)
@@ -88,12 +120,13 @@ def _categories(d: dict, path: Path) -> tuple[list[int], list[str]]:
 def _images(d: dict, path: Path, tally: BoxTally, skip_bad: bool) -> dict[int, dict]:
     images: dict[int, dict] = {}
     for k, im in enumerate(d["images"]):
-        ok = (isinstance(im, dict) and _is_int(im.get("id")) and isinstance(
+        ok = (isinstance(im, dict) and _is_id(im.get("id")) and isinstance(
             im.get("file_name"), str) and im["file_name"] and _is_int(im.get("width"))
-            and _is_int(im.get("height")) and im["width"] > 0 and im["height"] > 0)
+            and _is_int(im.get("height")) and 0 < im["width"] <= MAX_SIDE
+            and 0 < im["height"] <= MAX_SIDE)
         if not ok:
-            msg = (f"{path}: images[{k}] needs an integer 'id', a 'file_name' and positive "
-                   "integer 'width' and 'height'")
+            msg = (f"{path}: images[{k}] needs an integer 'id', a 'file_name' and integer "
+                   f"'width' and 'height' in 1..{MAX_SIDE:,}")
             if not skip_bad:
                 raise ReslabError(f"{msg}; {SKIP_BAD_HINT}")
             tally.skip(msg)
@@ -106,9 +139,18 @@ def _images(d: dict, path: Path, tally: BoxTally, skip_bad: bool) -> dict[int, d
     return images
 
 
+def _relative_inside(file_name: str) -> bool:
+    """Whether a COCO `file_name` stays in its folder: relative, no `..` part."""
+    parts = file_name.replace("\\", "/").split("/")
+    return not os.path.isabs(file_name) and ".." not in parts and file_name[:1] not in "/\\"
+
+
 def _image_folder(root: Path, split: str, images: dict[int, dict], path: Path) -> Path:
     """The first candidate folder that holds the most of the first images."""
-    sample = [im["file_name"] for im in list(images.values())[:20]]
+    sample = [im["file_name"] for im in list(images.values())[:20]
+              if _relative_inside(im["file_name"])]
+    if not sample:  # every name leads out of the folder: each is skipped and counted
+        return root
     best, found = None, 0
     for folder in (root / split, root / "images" / split, root / "images", root):
         n = sum((folder / f).is_file() for f in sample)
@@ -140,9 +182,9 @@ def _box(ann: object, k: int, path: Path, cat_index: dict[int, int],
     crowd = ann.get("iscrowd", 0)
     if crowd not in (0, 1):  # True/False compare equal to 1/0
         raise _Bad(f"{where} has iscrowd {crowd!r}, not 0 or 1")
-    area = ann.get("area")
-    area = float(area) if _is_number(area) and math.isfinite(area) and area > 0 else None
-    x, y, w, h = (float(v) for v in bbox)
+    area = _as_float(ann["area"]) if _is_number(ann.get("area")) else math.nan
+    area = area if math.isfinite(area) and area > 0 else None
+    x, y, w, h = (_as_float(v) for v in bbox)
     return ann["image_id"], [x, y, x + w, y + h], cat_index[ann["category_id"]], bool(crowd), area
 
 
@@ -169,11 +211,19 @@ def read_coco(root: Path, split: str, *, skip_bad: bool = False) -> DetectionDat
             continue
         per_image[image_id].append(rest)
     records = []
+    allowed = [Path(os.path.realpath(root)), Path(os.path.realpath(folder))]
     for image_id in sorted(images):
         im = images[image_id]
         file = folder / im["file_name"]
+        if not _relative_inside(im["file_name"]) or (file.is_file() and not inside(file, allowed)):
+            tally.leave_out(f"file_name {im['file_name'][:80]!r} (id {image_id}) in {path}"
+                            + ("" if not file.is_file() else f" -> {os.path.realpath(file)}"))
+            continue
         if not file.is_file():
-            msg = f"{path}: image {im['file_name']} (id {image_id}) is missing: no {file}"
+            msg = (f"{path}: image {im['file_name']} (id {image_id}) is missing: no {file}"
+                   if not os.path.lexists(file) else
+                   f"{path}: image {im['file_name']} (id {image_id}): {file} is "
+                   f"{not_a_file(str(file))}, not an image file")
             if not skip_bad:
                 raise ReslabError(f"{msg}; {SKIP_BAD_HINT}")
             tally.skip(msg)
@@ -189,10 +239,11 @@ def read_coco(root: Path, split: str, *, skip_bad: bool = False) -> DetectionDat
             image_id, im["file_name"], im["width"], im["height"], b, [a[1] for a in kept],
             [a[2] for a in kept], areas, path=file))
     if not records:
-        raise ReslabError(f"{path}: no usable image (all were skipped)")
+        raise ReslabError(f"{path}: no usable image (all were skipped{tally.first_reason()})")
     tally.warn(str(path))
     return DetectionDataset(classes, records, name=f"coco:{root} {split}", split=split,
-                            layout="coco", category_ids=category_ids)
+                            layout="coco", category_ids=category_ids, skip_bad=skip_bad,
+                            sources=[path])
 
 
 def coco_ground_truth(dataset: DetectionDataset) -> dict:

@@ -33,7 +33,13 @@ from reslab.detection.models import (
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import Checkpoint
-from reslab.train.recipes import absolute_data, check_recorded_data, same_data
+from reslab.train.recipes import (
+    MAX_SEED,
+    absolute_data,
+    check_recorded_data,
+    same_data,
+    valid_seed,
+)
 from reslab.train.schedule import scale_milestones
 
 RECIPES = ("voc", "coco")
@@ -277,6 +283,8 @@ class DetectConfig:
             (self.workers >= 0, "--workers must be >= 0"),
             (self.precision in PRECISIONS,
              f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (valid_seed(self.seed), f"--seed must be an integer in 0..{MAX_SEED}, got "
+             f"{str(self.seed)[:40]}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -12,12 +12,17 @@ line naming the file: a malformed or truncated XML/JSON, an unknown class, a mis
 image, a split naming a missing id (errors, or with `skip_bad` skipped and counted in one
 warning). Boxes partly outside their image are clipped to it; boxes wholly outside, of
 zero or negative size or with non-finite coordinates are dropped; both are counted in one
-warning. Images are decoded only when indexed.
+warning. Paths that would lead outside the data set (ids or file names with `..` or a
+folder, symbolic links to elsewhere) are skipped and counted in one warning, as image
+folders' links are. Images are decoded only when indexed; with `skip_bad`, an image that
+cannot be decoded (truncated, empty, a decompression bomb) is skipped where it is read:
+training takes the next readable image instead, evaluation leaves it out and counts it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,12 +44,28 @@ __all__ = [
 ]
 
 SKIP_BAD_HINT = "fix or remove it, or pass skip_bad=True (--skip-bad) to skip it"
+#: The largest image side (pixels) an annotation may give; beyond it is not an image.
+MAX_SIDE = 1 << 20
 
 
-def read_image(path: Path) -> torch.Tensor:
+def read_image(path: Path, hint: str | None = SKIP_BAD_HINT) -> torch.Tensor:
     """The one place detection decodes an image file (reslab's one guarded decoder): uint8
-    RGB (3, H, W), or ReslabError naming the file (too many pixels, not decodable, a FIFO)."""
-    return decode_image_file(path)
+    RGB (3, H, W), or ReslabError naming the file (too many pixels, not decodable, a FIFO;
+    `hint` says how the calling command skips it, None for a command that cannot)."""
+    return decode_image_file(path, hint=hint)
+
+
+def inside(path: Path, folders: Sequence[Path]) -> bool:
+    """Whether `path`, symbolic links resolved, lies in one of `folders` (real paths)."""
+    real = os.path.realpath(path)
+    return any(real == str(f) or real.startswith(str(f).rstrip(os.sep) + os.sep)
+               for f in folders)
+
+
+def plain_name(name: str) -> bool:
+    """Whether `name` names an entry of a folder itself: not absolute, no folder part,
+    not `.` or `..` (so it cannot lead out of the folder)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
 @dataclass
@@ -85,6 +106,7 @@ class BoxTally:
     dropped: int = 0
     first: str = ""
     skipped: list[str] = field(default_factory=list)  # what skip_bad skipped, one line each
+    outside: list[str] = field(default_factory=list)  # paths leading out of the data set
 
     def clean(self, boxes: list[list[float]], width: int, height: int, where: str
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +128,15 @@ class BoxTally:
     def skip(self, what: str) -> None:
         self.skipped.append(what)
 
+    def first_reason(self) -> str:
+        """Why the first entry was skipped, as ", e.g. ..." ("" if none was)."""
+        first = (self.skipped or [f"{w}: outside the data set" for w in self.outside] or [""])[0]
+        return f", e.g. {first}" if first else ""
+
+    def leave_out(self, what: str) -> None:
+        """Count an id, file name or link that leads outside the data set (skipped)."""
+        self.outside.append(what)
+
     def warn(self, source: str) -> None:
         if self.clipped or self.dropped:
             warnings.warn(
@@ -118,6 +149,12 @@ class BoxTally:
                           "(skip_bad): "
                           + "; ".join(self.skipped[:3])
                           + (" ..." if len(self.skipped) > 3 else ""), stacklevel=3)
+        if self.outside:
+            n = len(self.outside)
+            warnings.warn(f"{source}: skipped {n} {'image' if n == 1 else 'images'} whose path "
+                          f"leads outside the data set (e.g. {self.outside[0]}): ids and file "
+                          "names are read inside their folder and symbolic links followed only "
+                          "inside it; copy the files in to use them", stacklevel=3)
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -126,14 +163,20 @@ class DetectionDataset(torch.utils.data.Dataset):
     `classes` (no background): label k is `classes[k - 1]`; `category_ids[k - 1]` is the
     id a COCO file gave that class (1..K for other layouts). `dataset[i]` is
     `(image uint8 (3, H, W), {"boxes", "labels", "difficult", "image_id"})`; `target(i)`
-    and `image_info(i)` give the annotation without decoding the image.
+    and `image_info(i)` give the annotation without decoding the image. `skip_bad` (set by
+    the readers): `readable_image` gives None for an image that cannot be read. `sources`:
+    the annotation files the reader read (what an output must never replace).
     """
 
     def __init__(self, classes: Sequence[str], records: Sequence[ImageRecord], *, name: str,
                  split: str = "", layout: str = "memory",
                  category_ids: Sequence[int] | None = None,
-                 images: Sequence[torch.Tensor] | None = None) -> None:
+                 images: Sequence[torch.Tensor] | None = None, skip_bad: bool = False,
+                 sources: Sequence[Path] = ()) -> None:
         self.classes = list(classes)
+        self.skip_bad = skip_bad
+        self.sources = list(sources)  # the annotation files read (split files, XML, JSON)
+        self.unreadable: dict[int, str] = {}  # index -> why, of images skip_bad skipped
         self.records = list(records)
         self.name = name
         self.split = split
@@ -159,19 +202,36 @@ class DetectionDataset(torch.utils.data.Dataset):
                 f"{len(self)} images, {sum(len(r.labels) for r in self.records)} boxes)")
 
     def image(self, i: int) -> torch.Tensor:
-        """Image i, uint8 RGB (3, H, W); ReslabError naming the file if it cannot be
-        decoded or its size differs from its annotation's. An image held in memory (the
+        """Image i, uint8 RGB (3, H, W); ReslabError naming the file (and, without
+        skip_bad, how to skip it) if it cannot be decoded or its size differs from its
+        annotation's. An image held in memory (the
         synthetic set) is returned as stored: do not modify it in place."""
         r = self.records[i]
         if self._images is not None:
             return self._images[i]
         assert r.path is not None
-        img = read_image(r.path)
-        if tuple(img.shape[1:]) != (r.height, r.width):
-            raise ReslabError(
-                f"image {r.path} is {img.shape[2]}x{img.shape[1]} but its annotation says "
-                f"{r.width}x{r.height}; its boxes would be wrong: fix the annotation or image")
+        try:
+            img = read_image(r.path, hint=None)
+            if tuple(img.shape[1:]) != (r.height, r.width):
+                raise ReslabError(
+                    f"image {r.path} is {img.shape[2]}x{img.shape[1]} but its annotation says "
+                    f"{r.width}x{r.height}; its boxes would be wrong: fix the annotation or "
+                    "image")
+        except ReslabError as e:  # say how to skip it, unless it is being skipped
+            if self.skip_bad:
+                raise
+            raise ReslabError(f"{e}; {SKIP_BAD_HINT}") from None
         return img
+
+    def readable_image(self, i: int) -> torch.Tensor | None:
+        """Image i; with `skip_bad`, None if it cannot be read (why: `unreadable[i]`)."""
+        if not self.skip_bad:
+            return self.image(i)
+        try:
+            return self.image(i)
+        except ReslabError as e:
+            self.unreadable[i] = str(e)
+            return None
 
     def target(self, i: int) -> dict:
         """The target of image i (fresh tensors): boxes, labels, difficult, image_id."""
@@ -203,7 +263,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         return DetectionDataset(
             self.classes, [self.records[i] for i in idx], name=self.name, split=self.split,
             layout=self.layout, category_ids=self.category_ids,
-            images=None if self._images is None else [self._images[i] for i in idx])
+            images=None if self._images is None else [self._images[i] for i in idx],
+            skip_bad=self.skip_bad, sources=self.sources)
 
     def fingerprint(self) -> str:
         """The split's identity (name, classes, ids, every image's name, size and boxes):

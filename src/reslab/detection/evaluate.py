@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,8 +29,10 @@ from pycocotools.cocoeval import COCOeval
 
 from reslab.detection.coco import coco_ground_truth
 from reslab.detection.data import DetectionDataset
+from reslab.errors import ReslabError
 
-__all__ = ["coco_ground_truth", "coco_results", "evaluate_detections", "voc_ap", "voc_eval"]
+__all__ = ["coco_ground_truth", "coco_results", "evaluate_detections", "scored_images",
+           "voc_ap", "voc_eval"]
 
 VOC_IOU = 0.5
 
@@ -163,12 +166,39 @@ def _stat(v: float) -> float | None:
     return None if v < 0 else float(v)  # COCOeval's -1: no object of that kind
 
 
-def evaluate_detections(dataset: DetectionDataset, detections: Sequence[dict]) -> dict:
+def scored_images(dataset: DetectionDataset, detections: Sequence[dict | None]
+                  ) -> tuple[DetectionDataset, list[dict]]:
+    """The images that were detected and their detections: images skipped as unreadable
+    (None: `detect_dataset` under skip_bad) are left out, counted in one warning; their
+    objects are not scored. ReslabError if no image is left."""
+    if len(detections) != len(dataset):
+        raise ValueError(f"{len(detections)} detections for {len(dataset)} images: give one "
+                         "dict an image")
+    keep = [i for i, d in enumerate(detections) if d is not None]
+    if len(keep) == len(dataset):
+        return dataset, list(detections)  # type: ignore[arg-type]
+    bad = [i for i, d in enumerate(detections) if d is None]
+    why = dataset.unreadable.get(bad[0]) or f"image {dataset.image_info(bad[0])['file_name']}"
+    if not keep:
+        raise ReslabError(f"{dataset.name}: no image could be read (skip_bad skipped all "
+                          f"{len(bad)}; first: {why})")
+    warnings.warn(f"{dataset.name}: skipped {len(bad)} unreadable "
+                  f"{'image' if len(bad) == 1 else 'images'} (skip_bad); "
+                  f"{len(keep)} of {len(dataset)} are scored (first: {why})", stacklevel=2)
+    return dataset.subset(keep), [detections[i] for i in keep]  # type: ignore[misc]
+
+
+def evaluate_detections(dataset: DetectionDataset, detections: Sequence[dict | None]
+                        ) -> dict:
     """Score `detections[i]` ({"boxes" (M, 4) xyxy, "scores" (M,), "labels" (M,) 1-based})
     of image `dataset[i]` with COCO's metrics and VOC's. Returns {"map50", "map",
     "map75", "map_small", "map_medium", "map_large" (COCOeval), "voc07_map50",
     "voc_map50", "per_class": {name: {"ap50", "ap" (COCO), "voc07_ap50", "voc_ap50",
-    "objects" (non-difficult boxes)}}, "images", "objects", "detections"}."""
+    "objects" (non-difficult boxes)}}, "images" (scored), "skipped_images" (None
+    detections: unreadable under skip_bad, left out by `scored_images`), "objects",
+    "detections"}."""
+    n_all = len(dataset)
+    dataset, detections = scored_images(dataset, detections)
     dets = _as_numpy(detections, len(dataset), dataset.num_classes)
     ev = _coco_eval(coco_ground_truth(dataset), coco_results(dataset, detections))
     precision = ev.eval["precision"]  # [iou, recall, class, area, max detections]
@@ -203,6 +233,7 @@ def evaluate_detections(dataset: DetectionDataset, detections: Sequence[dict]) -
         "voc07_map50": float(np.mean(voc07)) if voc07 else None,
         "voc_map50": float(np.mean(voc)) if voc else None,
         "per_class": per_class, "images": len(dataset),
+        "skipped_images": n_all - len(dataset),
         "objects": sum(c["objects"] for c in per_class.values()),
         "detections": sum(len(d["labels"]) for d in dets),
     }

@@ -91,10 +91,17 @@ def detect(model: nn.Module, images: Sequence[torch.Tensor], engine: Engine) -> 
              "labels": o["labels"].cpu()} for o in outputs]
 
 
+def _readable(dataset, i: int) -> torch.Tensor | None:
+    read = getattr(dataset, "readable_image", None)
+    return read(i) if read is not None else dataset[i][0]
+
+
 def detect_dataset(model: nn.Module, dataset, engine: Engine, batch_size: int = 2,
-                   world: World | None = None, progress: bool = False) -> list[dict]:
-    """Detections of every image of `dataset` (a DetectionDataset), in its order. Under
-    torchrun each rank runs its shard (every world.size-th image) and all ranks get all."""
+                   world: World | None = None, progress: bool = False) -> list[dict | None]:
+    """Detections of every image of `dataset` (a DetectionDataset), in its order; None for
+    an image that cannot be read when the dataset was opened with skip_bad (evaluation
+    leaves it out: `reslab.detection.evaluate.scored_images`). Under torchrun each rank
+    runs its shard (every world.size-th image) and all ranks get all."""
     world = world or World()
     was_training = model.training
     model.eval()
@@ -104,11 +111,14 @@ def detect_dataset(model: nn.Module, dataset, engine: Engine, batch_size: int = 
         from tqdm import tqdm  # late: only with a progress bar
 
         bar = tqdm(total=len(mine), desc="detect", unit="img", leave=False)
-    local: list[dict] = []
+    local: list[dict | None] = []
     try:
         for k in range(0, len(mine), batch_size):
             chunk = mine[k : k + batch_size]
-            local += detect(model, [dataset[i][0] for i in chunk], engine)
+            images = [_readable(dataset, i) for i in chunk]
+            found = iter(detect(model, [im for im in images if im is not None], engine)
+                         if any(im is not None for im in images) else [])
+            local += [None if im is None else next(found) for im in images]
             if bar is not None:
                 bar.update(len(chunk))
     finally:
@@ -123,4 +133,4 @@ def detect_dataset(model: nn.Module, dataset, engine: Engine, batch_size: int = 
     for indices, dets in gathered:
         for i, d in zip(indices, dets, strict=True):
             out[i] = d
-    return out  # type: ignore[return-value]
+    return out

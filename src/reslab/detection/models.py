@@ -386,6 +386,10 @@ def create_detector(
         ck = pretrained.spec if pretrained is not None else None
         if ck is not None:
             ck_name = str(ck.get("name"))
+            if ck_name != backbone and ck_name not in BACKBONES:
+                raise ReslabError(f"{weights} holds a {ck_name}, which is no detection "
+                                  "backbone (a CIFAR network?): --weights takes ImageNet "
+                                  f"classifier weights of one of {', '.join(BACKBONES)}")
             if ck_name != backbone:
                 raise ReslabError(f"{weights} holds a {ck_name}, not a {backbone}: use "
                                   f"--backbone {ck_name} or other --weights")

@@ -34,6 +34,9 @@ def open_detection_data(spec: str, split: str, *, skip_bad: bool = False) -> Det
     if is_synthetic_spec(text):
         return open_synthetic(text, split)
     roots = [Path(p.strip()).expanduser() for p in text.split(",") if p.strip()]
+    if not roots:
+        raise ReslabError(f"detection data {spec!r} names no folder: pass a VOC root (or "
+                          "ROOT1,ROOT2), a COCO root or synthetic-det[:key=value,...]")
     for root in roots:
         if not root.is_dir():
             raise ReslabError(f"detection data {root}: no such folder (give a VOC root, a COCO "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,13 +136,30 @@ class DetectionSource:
         flips = (torch.rand(len(picks), generator=g) < 0.5).tolist()
         out = []
         for k in range(self.world.rank, len(picks), self.world.size):
-            image, target = self.train[self.indices[picks[k]]]
+            image, target = self._readable(picks[k])
             keep = ~target["difficult"]
             target = {"boxes": target["boxes"][keep], "labels": target["labels"][keep]}
             if self.flip and flips[k]:
                 image, target = hflip(image, target)
             out.append((image, target))
         return out
+
+    def _readable(self, pick: int) -> tuple[torch.Tensor, dict]:
+        """Training image `pick` (a position in `indices`) and its target; with skip_bad an
+        unreadable one is warned about once and the next readable image stands in."""
+        n = len(self.indices)
+        for step in range(n):
+            i = self.indices[(pick + step) % n]
+            known_bad = i in self.train.unreadable
+            image = None if known_bad else self.train.readable_image(i)
+            if image is not None:
+                return image, self.train.target(i)
+            if not known_bad:
+                warnings.warn(f"skipping unreadable training image (skip_bad): "
+                              f"{self.train.unreadable[i]}; the next readable image stands in",
+                              stacklevel=2)
+        raise ReslabError(f"{self.name}: no training image can be read (skip_bad skipped "
+                          f"all {n})")
 
     def batches(self, start: int, stop: int) -> Iterator[list[tuple[torch.Tensor, dict]]]:
         """The mini-batches of iterations start..stop-1, in order."""
@@ -352,7 +370,7 @@ def evaluate_and_record(run: DetectionRun, it: int, lr: float) -> None:
     record = {"iteration": it, **run.meter.take(),
               **{k: metrics.get(k) for k in METRIC_KEYS}, "lr": lr,
               "elapsed": time.time() - run.started, "eval_split": run.source.eval_name,
-              "eval_images": len(val), "per_class": metrics.get("per_class")}
+              "eval_images": metrics["images"], "per_class": metrics.get("per_class")}
     improved = run.best_map50 is None or record["map50"] > run.best_map50
     if improved:
         run.best_map50 = record["map50"]

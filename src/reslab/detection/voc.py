@@ -12,6 +12,7 @@ annotations and are refused before they are read.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -24,12 +25,15 @@ from torchvision.io import encode_jpeg, encode_png
 
 from reslab.atomic_write import atomic_write_bytes, atomic_write_text
 from reslab.data.decode import image_size
-from reslab.data.scan import read_regular_file
+from reslab.data.scan import not_a_file, read_regular_file
 from reslab.detection.data import (
+    MAX_SIDE,
     SKIP_BAD_HINT,
     BoxTally,
     DetectionDataset,
     ImageRecord,
+    inside,
+    plain_name,
 )
 from reslab.errors import ReslabError
 
@@ -47,6 +51,10 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 class _Bad(Exception):
     """One image (or object) that cannot be used: an error, or skipped under skip_bad."""
+
+
+class _Outside(Exception):
+    """A file whose symbolic link leads outside the data set: skipped and counted."""
 
 
 def is_voc_root(root: Path) -> bool:
@@ -94,7 +102,7 @@ def voc_classes(root: Path) -> list[str]:
     return names
 
 
-def _split_ids(root: Path, split: str) -> list[str]:
+def _split_ids(root: Path, split: str) -> tuple[Path, list[str]]:
     path = root / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         have = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
@@ -111,7 +119,7 @@ def _split_ids(root: Path, split: str) -> list[str]:
                       "is used once", stacklevel=3)
     if not unique:
         raise ReslabError(f"split file {path} names no image")
-    return unique
+    return path, unique
 
 
 def _text(elem: ET.Element, tag: str, where: str, default: str | None = None) -> str:
@@ -128,46 +136,74 @@ def _number(elem: ET.Element, tag: str, where: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise _Bad(f"{where}: <{tag}> is {text!r}, not a number") from None
+        raise _Bad(f"{where}: <{tag}> is {text[:40]!r}, not a number") from None
 
 
-def _image_path(root: Path, vid: str, file_name: str | None) -> Path:
+def _side(size: ET.Element, tag: str, where: str) -> int:
+    """<width> or <height> in pixels (0: not given); _Bad unless a finite number <= MAX_SIDE."""
+    v = _number(size, tag, where)
+    if not (math.isfinite(v) and v <= MAX_SIDE):
+        raise _Bad(f"{where}: <{tag}> is {_text(size, tag, where)[:40]!r}, not an image side "
+                   f"in pixels (at most {MAX_SIDE:,})")
+    return max(int(v), 0)
+
+
+def _entry(path: Path, kind: str, allowed: Sequence[Path]) -> bool:
+    """Whether `path` is a readable regular file inside `allowed` (False: no such entry);
+    _Bad for a FIFO, device, broken link, ..., _Outside for a link leading elsewhere."""
+    if not os.path.lexists(path):
+        return False
+    if not path.is_file():
+        raise _Bad(f"{path} is {not_a_file(str(path))}, not {kind}")
+    if not inside(path, allowed):
+        raise _Outside(f"{path} -> {os.path.realpath(path)}")
+    return True
+
+
+def _image_path(root: Path, vid: str, file_name: str | None, allowed: Sequence[Path]) -> Path:
+    """JPEGImages/<id>.jpg (.jpeg, .png), as the VOC devkit reads it; `<filename>` only when
+    it names that image in another format (same stem)."""
     folder = root / "JPEGImages"
-    names = ([file_name] if file_name else []) + [vid + s for s in _IMAGE_SUFFIXES]
-    for n in names:
-        if (folder / n).is_file():
+    own = file_name if file_name and plain_name(file_name) and Path(file_name).stem == vid else None
+    for n in ([own] if own else []) + [vid + s for s in _IMAGE_SUFFIXES]:
+        if _entry(folder / n, "an image file", allowed):
             return folder / n
-    raise _Bad(f"image of {vid} is missing: no {folder / (file_name or vid + '.jpg')}")
+    raise _Bad(f"image of {vid} is missing: no {folder / (own or vid + '.jpg')} (VOC reads "
+               "JPEGImages/<id>.jpg, .jpeg or .png)")
 
 
 def _read_annotation(root: Path, vid: str, image_id: int, class_index: dict[str, int],
-                     tally: BoxTally, skip_bad: bool) -> ImageRecord:
+                     tally: BoxTally, skip_bad: bool, allowed: dict[str, list[Path]],
+                     renamed: list[str]) -> tuple[Path, ImageRecord]:
     xml = root / "Annotations" / f"{vid}.xml"
-    if not xml.is_file():
+    if not _entry(xml, "an annotation file", allowed["Annotations"]):
         raise _Bad(f"split file names {vid} but {xml} does not exist")
     if xml.stat().st_size > MAX_XML_BYTES:
         raise _Bad(f"{xml} is over {MAX_XML_BYTES >> 20} MiB: not an annotation file")
     try:
-        tree = parse_xml(read_regular_file(xml), str(xml))
+        tree = parse_xml(read_regular_file(xml, kind="an annotation file", hint=None), str(xml))
     except ReslabError as e:
         raise _Bad(str(e)) from None
     except OSError as e:
         raise _Bad(f"cannot read {xml}: {e.strerror or e}") from None
     where = str(xml)
-    path = _image_path(root, vid, tree.findtext("filename", "").strip() or None)
+    file_name = (tree.findtext("filename") or "").strip() or None
+    path = _image_path(root, vid, file_name, allowed["JPEGImages"])
+    if file_name and Path(file_name).stem != vid:
+        renamed.append(f"{xml} names {file_name[:80]!r}")
     size = tree.find("size")
-    width = int(_number(size, "width", where)) if size is not None else 0
-    height = int(_number(size, "height", where)) if size is not None else 0
+    width = _side(size, "width", where) if size is not None else 0
+    height = _side(size, "height", where) if size is not None else 0
     if width <= 0 or height <= 0:  # no size written: take it from the image's header
         try:
-            width, height, _ = image_size(read_regular_file(path), str(path))
+            width, height, _ = image_size(read_regular_file(path, hint=None), str(path))
         except (ReslabError, OSError) as e:
             raise _Bad(f"{where} gives no size and {e}") from None
     boxes, labels, difficult = [], [], []
     for obj in tree.iter("object"):
         name = _text(obj, "name", where)
         if name not in class_index:
-            shown = f"{where}: unknown class {name!r}"
+            shown = f"{where}: unknown class {name[:80]!r}"
             if not skip_bad:
                 raise ReslabError(
                     f"{shown} (not one of the {len(class_index)} classes "
@@ -184,17 +220,25 @@ def _read_annotation(root: Path, vid: str, image_id: int, class_index: dict[str,
         difficult.append(_text(obj, "difficult", where, "0") in ("1", "true", "True"))
     clipped, keep = tally.clean(boxes, width, height, where)
     keep_list = keep.tolist()
-    return ImageRecord.build(
+    return xml, ImageRecord.build(
         image_id, str(path), width, height, clipped[keep],
         [v for v, k in zip(labels, keep_list, strict=True) if k],
         [v for v, k in zip(difficult, keep_list, strict=True) if k], path=path)
 
 
 def read_voc(roots: Sequence[Path], split: str, *, skip_bad: bool = False) -> DetectionDataset:
-    """The images of `split` in every VOC root, in order (image ids 1, 2, ...)."""
+    """The images of `split` in every VOC root, in order (image ids 1, 2, ...). Image `ID`
+    is `JPEGImages/ID.jpg` with `Annotations/ID.xml`, as the VOC devkit reads them; an
+    XML whose `<filename>` names another image is counted in one warning. Ids with a
+    folder part or `..`, and links out of the root (or of the real folder of Annotations/
+    or JPEGImages/), are skipped and counted in one warning."""
     roots = [Path(r) for r in roots]
+    if not roots:
+        raise ReslabError("no VOC root given: pass ROOT or ROOT1,ROOT2")
     classes: list[str] | None = None
     records: list[ImageRecord] = []
+    sources: list[Path] = []
+    renamed: list[str] = []
     tally = BoxTally()
     for root in roots:
         if not (root / "JPEGImages").is_dir():
@@ -205,22 +249,46 @@ def read_voc(roots: Sequence[Path], split: str, *, skip_bad: bool = False) -> De
         elif names != classes:
             raise ReslabError(f"VOC roots {roots[0]} and {root} have other classes; a union "
                               "needs the same classes in the same order")
+        if (root / CLASSES_FILE).exists():
+            sources.append(root / CLASSES_FILE)
         class_index = {n: k + 1 for k, n in enumerate(classes)}
-        for vid in _split_ids(root, split):
+        real = Path(os.path.realpath(root))
+        allowed = {sub: [real, Path(os.path.realpath(root / sub))]
+                   for sub in ("Annotations", "JPEGImages")}
+        split_file, ids = _split_ids(root, split)
+        sources.append(split_file)
+        for vid in ids:
+            if not plain_name(vid):
+                tally.leave_out(f"id {vid[:80]!r} in {split_file}")
+                continue
             try:
-                records.append(_read_annotation(root, vid, len(records) + 1, class_index,
-                                                tally, skip_bad))
+                xml, record = _read_annotation(root, vid, len(records) + 1, class_index,
+                                               tally, skip_bad, allowed, renamed)
+            except _Outside as e:
+                tally.leave_out(str(e))
+                continue
             except _Bad as e:
                 if not skip_bad:
                     raise ReslabError(f"{e}; {SKIP_BAD_HINT}") from None
                 tally.skip(str(e))
+                continue
+            records.append(record)
+            sources.append(xml)
     source = ",".join(str(r) for r in roots)
     if not records:
-        raise ReslabError(f"{source} {split}: no usable image (all were skipped)")
+        raise ReslabError(f"{source} {split}: no usable image (all were skipped"
+                          f"{tally.first_reason()})")
     tally.warn(f"{source} {split}")
+    if renamed:
+        n = len(renamed)
+        which = "annotation names" if n == 1 else "annotations name"
+        warnings.warn(f"{source} {split}: {n} {which} another image in <filename> than "
+                      f"its id's (e.g. {renamed[0]}): "
+                      "JPEGImages/<id>.jpg is used, as the VOC devkit does; correct <filename> "
+                      "if the boxes are another image's", stacklevel=2)
     assert classes is not None
     return DetectionDataset(classes, records, name=f"voc:{source} {split}", split=split,
-                            layout="voc")
+                            layout="voc", skip_bad=skip_bad, sources=sources)
 
 
 def _coordinate(v: float) -> str:

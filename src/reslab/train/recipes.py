@@ -25,6 +25,9 @@ from reslab.train.schedule import PAPER_ITERATIONS, PAPER_MILESTONES, scale_mile
 
 RECIPES = ("cifar", "imagenet")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: The largest --seed: every seed derived from it, (seed * 1_000_003 + iteration) * 64 +
+#: rank, must fit torch's 64-bit generator seed.
+MAX_SEED = 2**32 - 1
 
 #: Sec. 4.2: "weight decay of 0.0001 and momentum of 0.9 ... mini-batch size of 128 ...
 #: start with a learning rate of 0.1, divide it by 10 at 32k and 48k iterations, and
@@ -248,6 +251,8 @@ class TrainConfig:
             (self.shortcut in (None, "A", "B", "C"), "--shortcut must be A, B or C"),
             (self.compile_mode in COMPILE_MODES,
              f"--compile-mode must be one of {', '.join(COMPILE_MODES)}"),
+            (valid_seed(self.seed), f"--seed must be an integer in 0..{MAX_SEED}, got "
+             f"{str(self.seed)[:40]}"),
         ]
         if self.recipe == "imagenet":
             lo, hi = self.scale if len(self.scale) == 2 else (0, -1)
@@ -266,6 +271,11 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ReslabError(msg)
+
+
+def valid_seed(seed: Any) -> bool:
+    """Whether `seed` is a --seed a run can use (an int in 0..MAX_SEED)."""
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
 
 
 def names_a_path(data: str) -> bool:

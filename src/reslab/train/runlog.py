@@ -131,15 +131,25 @@ class RunLog:
 
     def on_eval(self, record: dict, checkpoint: Checkpoint, improved: bool) -> None:
         """Append the record to metrics.jsonl, write best.pt (if improved) and last.pt,
-        TensorBoard scalars and curves.png."""
+        TensorBoard scalars and curves.png. A write that fails (a full disk) is one line
+        that also says which of these files this evaluation did write."""
         self.records.append(record)
         if not self.main:
             return
         text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records)
-        atomic_write_text(self.out / "metrics.jsonl", text)
-        if improved:
-            checkpoint.save(self.out / "best.pt")
-        self.save_last(checkpoint)
+        written: list[str] = []
+        try:
+            atomic_write_text(self.out / "metrics.jsonl", text)
+            written.append("metrics.jsonl (with this record)")
+            if improved:
+                checkpoint.save(self.out / "best.pt")
+                written.append("best.pt")
+            self.save_last(checkpoint)
+        except ReslabError as e:  # e.g. a full disk: say what this evaluation did write
+            if not written:
+                raise
+            raise ReslabError(f"{e}; this evaluation (iteration {record['iteration']}) did "
+                              f"write {' and '.join(written)} in {self.out}") from e.__cause__
         if self.writer is not None:
             for key in self.scalars:
                 if record.get(key) is not None:
