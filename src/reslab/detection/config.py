@@ -34,6 +34,7 @@ from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import Checkpoint
 from reslab.train.recipes import absolute_data, check_recorded_data, same_data
+from reslab.train.run_folder import recorded_run
 from reslab.train.schedule import scale_milestones
 
 RECIPES = ("voc", "coco")
@@ -174,12 +175,18 @@ class DetectConfig:
 
     @classmethod
     def for_resume(cls, out: str | os.PathLike, **changes: Any) -> DetectConfig:
-        """The config of the run in `out` (from its last.pt) with `changes` and
-        `resume=True`: `reslab detect train --resume --out DIR` needs no other flag."""
+        """The config of the run in `out` (from its last.pt; from its run.json when it was
+        stopped before its first checkpoint: it restarts at iteration 0) with `changes` and
+        `resume=True`: `reslab detect train --resume --out DIR` needs no other flag. A
+        folder that records no run starts one with `changes`."""
         path = Path(out) / "last.pt"
-        if not path.exists():
+        recorded = recorded_run(out)
+        if recorded is not None:
+            saved, path = recorded["config"], Path(out) / "run.json"
+        elif path.exists():
+            saved = Checkpoint.load(path).config
+        else:
             return cls(out=str(out), resume=True, **changes)
-        saved = Checkpoint.load(path).config
         if saved is None or "head" not in saved:
             raise ReslabError(f"{path} records no detection config (is it a classifier's "
                               "run? use `reslab train --resume`)")

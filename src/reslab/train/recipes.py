@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import Checkpoint
+from reslab.train.run_folder import recorded_run
 from reslab.train.schedule import PAPER_ITERATIONS, PAPER_MILESTONES, scale_milestones
 
 RECIPES = ("cifar", "imagenet")
@@ -167,12 +168,18 @@ class TrainConfig:
 
     @classmethod
     def for_resume(cls, out: str | os.PathLike, **changes: Any) -> TrainConfig:
-        """The config of the run in `out` (from its last.pt), with `changes` applied and
-        `resume=True`: `reslab train --resume --out DIR` needs no other flag."""
+        """The config of the run in `out` (from its last.pt; from its run.json when it was
+        stopped before its first checkpoint: it restarts at iteration 0), with `changes`
+        applied and `resume=True`: `reslab train --resume --out DIR` needs no other flag.
+        A folder that records no run starts one with `changes`."""
         path = Path(out) / "last.pt"
-        if not path.exists():
+        recorded = recorded_run(out)
+        if recorded is not None:
+            saved, path = recorded["config"], Path(out) / "run.json"
+        elif path.exists():
+            saved = Checkpoint.load(path).config
+        else:
             return cls(out=str(out), resume=True, **changes)
-        saved = Checkpoint.load(path).config
         if saved is None:
             raise ReslabError(f"{path} records no training config; resume with the full "
                               "command that started the run")
