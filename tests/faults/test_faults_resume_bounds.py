@@ -110,3 +110,67 @@ def test_a_sweep_over_a_folder_without_a_checkpoint(tmp_path):
     [outcome] = run_sweep([RunSpec("r", cls_cfg(out))], None)
     assert outcome.info["status"] == "finished" and outcome.info["resumed_from"] == 0
 
+
+# ---- issue 26 and 27.6: absurd sizes refused when parsed, in one line --------------------------
+
+def usage_error(capsys, argv: list[str]) -> str:
+    """argparse's refusal: exit status 2 and one `error:` line after the usage."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+DETECT_TRAIN = ["detect", "train", "--data", "synthetic-det"]
+DETECT_EVAL = ["detect", "eval", "--weights", "w.pt", "--data", "synthetic-det"]
+SIZES = [
+    (DETECT_TRAIN, "--workers", "100000", "from 0 to 256"),
+    (DETECT_TRAIN, "--workers", "-1", "from 0 to 256"),
+    (DETECT_TRAIN, "--min-size", "100000", "from 32 to 4096"),
+    (DETECT_TRAIN, "--max-size", "0", "from 32 to 8192"),
+    (DETECT_TRAIN, "--batch-size", "100000", "from 1 to 1024"),
+    (DETECT_TRAIN, "--eval-batch-size", "0", "from 1 to 1024"),
+    (DETECT_TRAIN, "--rpn-train-proposals", "10000000", "from 1 to 20000"),
+    (DETECT_TRAIN, "--rpn-test-proposals", "0", "from 1 to 20000"),
+    (DETECT_TRAIN, "--rpn-batch-size", "-5", "from 1 to 20000"),
+    (DETECT_TRAIN, "--roi-batch-size", "10000000", "from 1 to 20000"),
+    (DETECT_TRAIN, "--anchor-sizes", "100000", "from 1 to 8192"),
+    (DETECT_TRAIN, "--trainable-layers", "9", "from 0 to 5"),
+    (DETECT_TRAIN, "--iterations", "0", ">= 1"),
+    (DETECT_TRAIN, "--eval-every", "-1", ">= 1"),
+    (DETECT_EVAL, "--min-size", "100000", "from 32 to 4096"),
+    (DETECT_EVAL, "--batch-size", "100000", "from 1 to 1024"),
+    (["detect", "predict", "--weights", "w.pt", "a.png"], "--max-size", "100000",
+     "from 32 to 8192"),
+    (["train"], "--workers", "100000", "from 0 to 256"),
+    (["reproduce", "table2"], "--workers", "100000", "from 0 to 256"),
+    (["reproduce", "table7"], "--rpn-test-proposals", "10000000", "from 1 to 20000"),
+]
+
+
+@pytest.mark.parametrize("argv, flag, value, bounds", SIZES,
+                         ids=[f"{' '.join(a[:2])} {f} {v}" for a, f, v, _ in SIZES])
+def test_absurd_sizes_are_refused_when_parsed(capsys, argv, flag, value, bounds):
+    line = usage_error(capsys, [*argv, flag, value])
+    assert line.endswith(f"error: argument {flag}: must be an integer {bounds}, got {value}")
+
+
+def test_detect_configs_bound_their_sizes():
+    for field, value in (("workers", 100_000), ("batch_size", 100_000),
+                         ("rpn_test_proposals", 10**7), ("eval_batch_size", 5000)):
+        with pytest.raises(ReslabError, match=f"must be in .*got {value}"):
+            DetectConfig(**{field: value})
+    with pytest.raises(ReslabError, match="--workers must be in 0..256"):
+        TrainConfig(recipe="imagenet", workers=100_000)
+
+
+def test_a_synthetic_det_of_terabytes_is_refused(tmp_path, capsys):
+    from reslab.detection import open_detection_data
+
+    with pytest.raises(ReslabError, match=r"11,718.8 GiB in memory, more than 8 GiB"):
+        open_detection_data("synthetic-det:images=1000000,size=2048", "train")
+    assert main(["detect", "train", "--data", "synthetic-det:train=1,test=1000000,size=256",
+                 "--device", "cpu", "--out", str(tmp_path / "big")]) == 2
+    assert "test split of 1000000 images of 256x256" in one_line(capsys)

@@ -48,6 +48,8 @@ IMAGENET_RECIPE: dict[str, Any] = {
 }
 
 _RECIPE_DEFAULTS = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE}
+#: The most DataLoader workers a run or command starts (each is a process holding a decoder).
+MAX_WORKERS = 256
 _IMAGENET_ONLY = ("scale", "crop", "test_resize", "lighting", "workers", "classes",
                   "images_per_class")
 
@@ -265,7 +267,8 @@ class TrainConfig:
                 (self.crop <= self.test_resize,
                  f"--crop {self.crop} must be <= --test-resize {self.test_resize}"),
                 (self.lighting >= 0, "--lighting must be >= 0"),
-                (self.workers >= 0, "--workers must be >= 0"),
+                (0 <= self.workers <= MAX_WORKERS,
+                 f"--workers must be in 0..{MAX_WORKERS}, got {self.workers}"),
                 (self.classes is None or self.classes >= 1, "--classes must be >= 1"),
                 (self.images_per_class is None or self.images_per_class >= 1,
                  "--images-per-class must be >= 1"),
