@@ -11,7 +11,17 @@ import sys
 import warnings
 from pathlib import Path
 
+from reslab.cli.flag_types import (
+    count,
+    detection_batch,
+    int_in,
+    long_side,
+    per_image,
+    short_side,
+    worker_count,
+)
 from reslab.cli.image_limit import add_max_image_pixels
+from reslab.detection.config import MAX_SIDE
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 
@@ -62,7 +72,7 @@ def _register_train(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None,
                    help="the backbone's ImageNet classifier weights: a reslab checkpoint or a "
                    "torchvision/timm/safetensors file (default: none, from scratch)")
-    p.add_argument("--trainable-layers", type=int, default=None,
+    p.add_argument("--trainable-layers", type=int_in(0, 5), default=None,
                    help="stages trainable from the top, 0..5 (default 3 with --weights, 5 "
                    "without)")
     p.add_argument("--shortcut", choices=["A", "B", "C"], default=None)
@@ -78,39 +88,39 @@ def _register_train(verbs: argparse._SubParsersAction) -> None:
                    help="split evaluated during training (default test; coco recipe val2014)")
     p.add_argument("--skip-bad", action="store_const", const=True, default=None,
                    help="skip (and count) bad annotations, ids and images instead of stopping")
-    p.add_argument("--min-size", type=int, default=None,
+    p.add_argument("--min-size", type=short_side, default=None,
                    help="shorter image side (paper: 600)")
-    p.add_argument("--max-size", type=int, default=None,
+    p.add_argument("--max-size", type=long_side, default=None,
                    help="longer image side at most (paper: 1000)")
     p.add_argument("--no-flip", dest="flip", action="store_const", const=False, default=None,
                    help="no horizontal flips")
-    p.add_argument("--anchor-sizes", type=int, nargs="+", default=None,
+    p.add_argument("--anchor-sizes", type=int_in(1, MAX_SIDE[1]), nargs="+", default=None,
                    help="anchor sizes in pixels (default: the head's, scaled by --min-size / "
                    "600; fpn: 5 sizes, one per level)")
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--iterations", type=count, default=None,
                    help="iterations (paper: 80000 VOC); the lr drop stays at 3/4 of the run")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=detection_batch, default=None,
                    help="images per mini-batch, all processes together (paper: 1 VOC, 8 COCO)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (paper: 0.001)")
     p.add_argument("--momentum", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--milestones", type=int, nargs="+", default=None,
+    p.add_argument("--milestones", type=count, nargs="+", default=None,
                    help="iterations where lr is divided by 10 (default: 3/4 of the run)")
-    p.add_argument("--rpn-train-proposals", type=int, default=None,
+    p.add_argument("--rpn-train-proposals", type=per_image, default=None,
                    help="proposals per image after NMS for training (paper: 2000)")
-    p.add_argument("--rpn-test-proposals", type=int, default=None,
+    p.add_argument("--rpn-test-proposals", type=per_image, default=None,
                    help="proposals per image at test (paper: 300)")
-    p.add_argument("--rpn-batch-size", type=int, default=None,
+    p.add_argument("--rpn-batch-size", type=per_image, default=None,
                    help="anchors sampled per image for the RPN loss (paper: 256)")
-    p.add_argument("--roi-batch-size", type=int, default=None,
+    p.add_argument("--roi-batch-size", type=per_image, default=None,
                    help="RoIs sampled per image for the detector loss (paper: 128)")
     p.add_argument("--test-nms", type=float, default=None, metavar="IOU",
                    help="per-class NMS of the detections at test, IoU in (0, 1] (default "
                    "0.3, py-faster-rcnn's; torchvision's is 0.5); eval and predict reuse it")
-    p.add_argument("--eval-every", type=int, default=None,
+    p.add_argument("--eval-every", type=count, default=None,
                    help="evaluate and checkpoint every K iterations (default: ~8 per run)")
-    p.add_argument("--eval-batch-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--eval-batch-size", type=detection_batch, default=None)
+    p.add_argument("--workers", type=worker_count, default=None,
                    help="DataLoader processes decoding training images (default 0)")
     _add_engine(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
@@ -155,11 +165,11 @@ def _register_eval(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--coco-gt", default=None, metavar="GT.json",
                    help="with --predictions: where the COCO ground truth goes (default "
                    "PREDS-gt.json beside it)")
-    p.add_argument("--min-size", type=int, default=None,
+    p.add_argument("--min-size", type=short_side, default=None,
                    help="test scale (default: the training one)")
-    p.add_argument("--max-size", type=int, default=None)
+    p.add_argument("--max-size", type=long_side, default=None)
     _add_test_nms(p)
-    p.add_argument("--batch-size", type=int, default=2, help="images per batch")
+    p.add_argument("--batch-size", type=detection_batch, default=2, help="images per batch")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad annotations and images (they then do not count)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -182,8 +192,8 @@ def _register_predict(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="show boxes scoring at least this (default 0.5)")
     p.add_argument("--json", action="store_true", help="print the detections as JSON")
-    p.add_argument("--min-size", type=int, default=None)
-    p.add_argument("--max-size", type=int, default=None)
+    p.add_argument("--min-size", type=short_side, default=None)
+    p.add_argument("--max-size", type=long_side, default=None)
     _add_test_nms(p)
     _add_engine(p)
     p.set_defaults(func=run_predict)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from reslab.detection.config import MAX_BATCH, MAX_PER_IMAGE, MAX_SIDE, MIN_SIDE
 from reslab.interop import MAX_INPUT_SIDE
+from reslab.train.recipes import MAX_WORKERS
 
-#: The most DataLoader workers a command starts (each is a process holding a decoder).
-MAX_WORKERS = 256
+__all__ = ["MAX_WORKERS", "count", "detection_batch", "image_side", "int_in", "long_side",
+           "per_image", "short_side", "worker_count"]
 
 
 def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -33,3 +35,12 @@ def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 image_side = int_in(1, MAX_INPUT_SIDE)
 #: a number of DataLoader workers.
 worker_count = int_in(0, MAX_WORKERS)
+#: iterations, milestones, an evaluation interval: at least 1.
+count = int_in(1)
+#: a detector's shorter image side, and its longer side at most (DetectConfig's bounds).
+short_side = int_in(*MIN_SIDE)
+long_side = int_in(*MAX_SIDE)
+#: images per detection mini-batch (training or evaluation).
+detection_batch = int_in(1, MAX_BATCH)
+#: proposals kept, anchors and RoIs sampled per image.
+per_image = int_in(1, MAX_PER_IMAGE)

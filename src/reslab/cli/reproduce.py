@@ -7,6 +7,7 @@ import argparse
 import shlex
 import sys
 
+from reslab.cli.flag_types import int_in, long_side, per_image, short_side, worker_count
 from reslab.cli.image_limit import add_max_image_pixels
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
@@ -84,22 +85,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--crop", type=int, default=None, help="crop size (paper: 224)")
     g.add_argument("--test-resize", type=int, default=None,
                    help="shorter side before the test crops (paper: 256)")
-    g.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers")
+    g.add_argument("--workers", type=worker_count, default=None, help="DataLoader decoding workers")
     d = p.add_argument_group("detection experiments (table7, table8): Faster R-CNN, c4 design")
     d.add_argument("--weights", default=None, metavar="NET=FILE[,NET=FILE]",
                    help="ImageNet classifier weights of the backbones, e.g. "
                    "resnet101=r101.pt,vgg16=vgg16.pth (a net without: from scratch)")
-    d.add_argument("--min-size", type=int, default=None, help="shorter side (paper: 600)")
-    d.add_argument("--max-size", type=int, default=None, help="longer side at most (paper: 1000)")
+    d.add_argument("--min-size", type=short_side, default=None, help="shorter side (paper: 600)")
+    d.add_argument("--max-size", type=long_side, default=None,
+                   help="longer side at most (paper: 1000)")
     d.add_argument("--train-split", default=None,
                    help="default trainval (table7), train2014 (table8)")
     d.add_argument("--val-split", default=None, help="default test (table7), val2014 (table8)")
-    d.add_argument("--trainable-layers", type=int, default=None,
+    d.add_argument("--trainable-layers", type=int_in(0, 5), default=None,
                    help="backbone stages trained from the top, 0..5 (default 3 with weights)")
-    d.add_argument("--roi-batch-size", type=int, default=None, help="RoIs per image (paper: 128)")
-    d.add_argument("--rpn-train-proposals", type=int, default=None,
+    d.add_argument("--roi-batch-size", type=per_image, default=None,
+                   help="RoIs per image (paper: 128)")
+    d.add_argument("--rpn-train-proposals", type=per_image, default=None,
                    help="proposals per image for training (paper: 2000)")
-    d.add_argument("--rpn-test-proposals", type=int, default=None,
+    d.add_argument("--rpn-test-proposals", type=per_image, default=None,
                    help="proposals per image at test (paper: 300)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 
+from reslab.cli.flag_types import worker_count
 from reslab.cli.image_limit import add_max_image_pixels
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
@@ -103,7 +104,7 @@ def _add_engine_options(p: argparse._ArgumentGroup) -> None:
 
 
 def _add_imagenet_options(p: argparse._ArgumentGroup) -> None:
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=worker_count, default=None,
                    help="DataLoader workers decoding images (default min(8, CPUs))")
     p.add_argument("--scale", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="imagenet recipe: shorter side drawn from [MIN, MAX] (paper: 256 480)")

@@ -35,11 +35,13 @@ from reslab.errors import ReslabError
 from reslab.train.checkpoint import Checkpoint
 from reslab.train.recipes import (
     MAX_SEED,
+    MAX_WORKERS,
     absolute_data,
     check_recorded_data,
     same_data,
     valid_seed,
 )
+from reslab.train.run_folder import recorded_run
 from reslab.train.schedule import scale_milestones
 
 RECIPES = ("voc", "coco")
@@ -66,6 +68,15 @@ RESUMABLE_CHANGES = ("out", "resume", "iterations", "eval_every", "eval_batch_si
 #: Fields recorded since the first detection runs, at the values runs without them were
 #: made with (`from_dict`; a sweep compares an old run.json with them).
 LEGACY_DEFAULTS: dict[str, Any] = {"test_nms": LEGACY_TEST_NMS}
+
+#: The sizes a run may ask for (a typo beyond them, or an allocation no machine makes; `reslab
+#: detect` refuses them when its flags are parsed): the shorter side's range and the longer
+#: side's (at least the shorter), images per mini-batch, and proposals, anchors and RoIs
+#: per image (the RPN keeps at most its pre-NMS 12000 boxes).
+MIN_SIDE = (32, 4096)
+MAX_SIDE = (32, 8192)
+MAX_BATCH = 1024
+MAX_PER_IMAGE = 20_000
 
 #: DetectConfig field -> torchvision FasterRCNN option (the RPN/RoI settings of Appendix A).
 MODEL_OPTIONS = {
@@ -180,12 +191,18 @@ class DetectConfig:
 
     @classmethod
     def for_resume(cls, out: str | os.PathLike, **changes: Any) -> DetectConfig:
-        """The config of the run in `out` (from its last.pt) with `changes` and
-        `resume=True`: `reslab detect train --resume --out DIR` needs no other flag."""
+        """The config of the run in `out` (from its last.pt; from its run.json when it was
+        stopped before its first checkpoint: it restarts at iteration 0) with `changes` and
+        `resume=True`: `reslab detect train --resume --out DIR` needs no other flag. A
+        folder that records no run starts one with `changes`."""
         path = Path(out) / "last.pt"
-        if not path.exists():
+        recorded = recorded_run(out)
+        if recorded is not None:
+            saved, path = recorded["config"], Path(out) / "run.json"
+        elif path.exists():
+            saved = Checkpoint.load(path).config
+        else:
             return cls(out=str(out), resume=True, **changes)
-        saved = Checkpoint.load(path).config
         if saved is None or "head" not in saved:
             raise ReslabError(f"{path} records no detection config (is it a classifier's "
                               "run? use `reslab train --resume`)")
@@ -249,7 +266,8 @@ class DetectConfig:
             (bool(self.train_split) and bool(self.val_split),
              "--train-split and --val-split must name splits"),
             (self.iterations >= 1, f"--iterations must be >= 1, got {self.iterations}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (1 <= self.batch_size <= MAX_BATCH,
+             f"--batch-size must be in 1..{MAX_BATCH}, got {self.batch_size}"),
             (finite_positive(self.lr), f"--lr must be a finite number > 0, got {self.lr}"),
             (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              "--weight-decay must be >= 0"),
@@ -260,32 +278,39 @@ class DetectConfig:
             (self.trainable_layers is None or 0 <= self.trainable_layers <= 5,
              f"--trainable-layers must be in 0..5, got {self.trainable_layers}"),
             (self.shortcut in (None, "A", "B", "C"), "--shortcut must be A, B or C"),
-            (isinstance(self.min_size, int) and 32 <= self.min_size <= 4096,
-             f"--min-size must be in 32..4096 pixels, got {self.min_size}"),
-            (isinstance(self.max_size, int) and self.min_size <= self.max_size <= 8192,
-             f"--max-size must be in [--min-size {self.min_size}, 8192], got {self.max_size}"),
-            (all(isinstance(a, int) and a >= 1 for a in anchors),
-             f"--anchor-sizes must be pixel sizes >= 1, got {list(anchors)}"),
+            (isinstance(self.min_size, int) and MIN_SIDE[0] <= self.min_size <= MIN_SIDE[1],
+             f"--min-size must be in {MIN_SIDE[0]}..{MIN_SIDE[1]} pixels, got "
+             f"{self.min_size}"),
+            (isinstance(self.max_size, int) and self.min_size <= self.max_size <= MAX_SIDE[1],
+             f"--max-size must be in [--min-size {self.min_size}, {MAX_SIDE[1]}], got "
+             f"{self.max_size}"),
+            (all(isinstance(a, int) and 1 <= a <= MAX_SIDE[1] for a in anchors),
+             f"--anchor-sizes must be pixel sizes in 1..{MAX_SIDE[1]}, got {list(anchors)}"),
             (len(self.aspect_ratios) >= 1 and all(finite_positive(r) for r in self.aspect_ratios),
              f"--aspect-ratios must be positive, got {list(self.aspect_ratios)}"),
-            (self.rpn_batch_size >= 1, "--rpn-batch-size must be >= 1"),
             (fraction(self.rpn_nms), "--rpn-nms must be in (0, 1]"),
-            (self.rpn_train_proposals >= 1 and self.rpn_test_proposals >= 1,
-             "proposal counts must be >= 1"),
-            (self.roi_batch_size >= 1, "--roi-batch-size must be >= 1"),
             (fraction(self.roi_positive_fraction), "roi_positive_fraction must be in (0, 1]"),
-            (self.detections_per_image >= 1, "detections_per_image must be >= 1"),
             (0 <= self.score_threshold < 1, "score_threshold must be in [0, 1)"),
             (fraction(self.test_nms), f"--test-nms must be in (0, 1], got {self.test_nms}"),
             (self.eval_every is None or self.eval_every >= 1, "--eval-every must be >= 1"),
-            (self.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
+            (1 <= self.eval_batch_size <= MAX_BATCH,
+             f"--eval-batch-size must be in 1..{MAX_BATCH}, got {self.eval_batch_size}"),
             (self.log_every >= 1, "log_every must be >= 1"),
-            (self.workers >= 0, "--workers must be >= 0"),
+            (0 <= self.workers <= MAX_WORKERS,
+             f"--workers must be in 0..{MAX_WORKERS}, got {self.workers}"),
             (self.precision in PRECISIONS,
              f"--precision must be one of {', '.join(PRECISIONS)}"),
             (valid_seed(self.seed), f"--seed must be an integer in 0..{MAX_SEED}, got "
              f"{str(self.seed)[:40]}"),
         ]
+        per_image = {"--rpn-batch-size": self.rpn_batch_size,
+                     "--rpn-train-proposals": self.rpn_train_proposals,
+                     "--rpn-test-proposals": self.rpn_test_proposals,
+                     "--roi-batch-size": self.roi_batch_size,
+                     "detections_per_image": self.detections_per_image}
+        checks += [(isinstance(n, int) and 1 <= n <= MAX_PER_IMAGE,
+                    f"{flag} must be in 1..{MAX_PER_IMAGE}, got {n}")
+                   for flag, n in per_image.items()]
         for ok, msg in checks:
             if not ok:
                 raise ReslabError(msg)

@@ -36,6 +36,9 @@ COLOURS = {
 }
 _SPLITS = {"train": "train", "trainval": "train", "test": "test", "val": "test"}
 _INT_KEYS = ("images", "train", "test", "size", "objects", "classes", "seed")
+#: The most a split's images may take in memory, where they are made and held (uint8 RGB):
+#: each value may be in range and their product still ask for terabytes.
+MAX_SPLIT_BYTES = 8 * 2**30
 
 
 def _colour(k: int) -> str:
@@ -181,6 +184,11 @@ def synthetic_detection(split: str = "train", *, images: int = 256, train: int |
     if not 1 <= n <= 1_000_000 or not 32 <= size <= 2048 or not 1 <= objects <= 64:
         raise ReslabError(f"synthetic-det needs 1 <= images <= 1000000, 32 <= size <= 2048 "
                           f"and 1 <= objects <= 64 (got {n}, {size}, {objects})")
+    if n * 3 * size * size > MAX_SPLIT_BYTES:
+        raise ReslabError(f"synthetic-det's {stream} split of {n} images of {size}x{size} "
+                          f"would hold {n * 3 * size * size / 2**30:,.1f} GiB in memory, more "
+                          f"than {MAX_SPLIT_BYTES / 2**30:.0f} GiB: use fewer images or a "
+                          "smaller size")
     pictures = None
     if source == "shapes":
         k = 4 if classes is None else classes

@@ -43,7 +43,7 @@ from reslab.engine import Engine, machine_info, make_engine, precision_reason, v
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import Checkpoint, check_same_run
 from reslab.train.distributed import World, all_reduce_sum, barrier, init_world
-from reslab.train.run_folder import RunFolder
+from reslab.train.run_folder import RunFolder, recorded_run
 from reslab.train.runlog import RunLog, is_finite_model, read_metrics
 from reslab.train.schedule import StepSchedule
 from reslab.train.trainer import stop_requests, warn_precision_change
@@ -398,10 +398,13 @@ def start_detection_run(cfg: DetectConfig) -> DetectionRun:
         if ckpt is not None and not is_detector_spec(ckpt.model_spec):
             raise ReslabError(f"{last} is a classifier's run ({ckpt.model_spec.get('name')}): "
                               "resume it with `reslab train --resume`, or choose another --out")
-        spelled = recorded_data_spelling(ckpt.data, cfg, last) if ckpt is not None else None
+        recorded = recorded_run(out) if cfg.resume else None  # stopped before a checkpoint
+        identity = ckpt.data if ckpt is not None else (recorded or {}).get("data")
+        spelled = recorded_data_spelling(identity, cfg, last) if identity else None
         source = DetectionSource(cfg, engine, world, spelled)
+        if ckpt is not None or recorded is not None:
+            check_resumable(ckpt.run_record() if ckpt else recorded, cfg, source.identity(), out)
         if ckpt is not None:
-            check_resumable(ckpt, cfg, source.identity(), out)
             warn_precision_change(out, engine)
         return build_detection_run(cfg, engine, world, folder, source, ckpt, started)
     except BaseException:
@@ -409,11 +412,13 @@ def start_detection_run(cfg: DetectConfig) -> DetectionRun:
         raise
 
 
-def check_resumable(ckpt: Checkpoint, cfg: DetectConfig, data: dict, out: Path) -> None:
-    """ReslabError unless `cfg` continues the run in `ckpt` (same recipe and data)."""
-    changes = (cfg.changes_from(DetectConfig.from_dict(ckpt.config))
-               if ckpt.config is not None else {})
-    check_same_run(ckpt, data, changes, out, data_flags="--data and splits",
+def check_resumable(recorded: dict, cfg: DetectConfig, data: dict, out: Path) -> None:
+    """ReslabError unless `cfg` continues the `recorded` run (its checkpoint's
+    `run_record()`, or the run.json of a run stopped before its first checkpoint): same
+    recipe and data."""
+    config = recorded.get("config")
+    changes = cfg.changes_from(DetectConfig.from_dict(config)) if config is not None else {}
+    check_same_run(recorded.get("data"), data, changes, out, data_flags="--data and splits",
                    resume_command="reslab detect train --resume --out DIR")
 
 

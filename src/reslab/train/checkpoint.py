@@ -10,6 +10,7 @@ uses it, so a truncated or hand-made file is one clear error, not a KeyError lat
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ class Checkpoint:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (the previous file stays intact if the write fails)."""
         return atomic_torch_save(path, {"format": FORMAT, **dataclasses.asdict(self)})
+
+    def run_record(self) -> dict[str, Any]:
+        """What identifies the run, keyed as its run.json records it (a resume checks it)."""
+        return {"model_spec": self.model_spec, "config": self.config, "data": self.data}
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, **{f.name: getattr(self, f.name)
@@ -97,16 +102,22 @@ class Checkpoint:
         return cls(**{k: v for k, v in obj.items() if k in known})
 
 
-def check_same_run(ckpt: Checkpoint, data: dict, changes: dict[str, tuple[Any, Any]],
+def as_recorded(value: Any) -> Any:
+    """`value` as run.json records it (tuples as lists), so that a record read back from
+    run.json compares equal to the values it was written from."""
+    return json.loads(json.dumps(value))
+
+
+def check_same_run(recorded: dict | None, data: dict, changes: dict[str, tuple[Any, Any]],
                    out: Path, *, data_flags: str, resume_command: str) -> None:
-    """ReslabError unless a resume continues the run in `ckpt`: the same data (its identity,
-    `data`) and no `changes` of settings (the config's `changes_from` the saved one). One
-    check for every task (classification and detection); `data_flags` and `resume_command`
-    name the task's flags in the message."""
-    if ckpt.data is not None and ckpt.data != data:
-        diff = ", ".join(f"{k}: {ckpt.data.get(k)!r} there, {data.get(k)!r} now"
-                         for k in sorted(set(data) | set(ckpt.data))
-                         if ckpt.data.get(k) != data.get(k) and k != "classes")
+    """ReslabError unless a resume continues the recorded run: the same data (`data`, the
+    identity `recorded` by its checkpoint or run.json) and no `changes` of settings (the
+    config's `changes_from` the saved one). One check for every task (classification and
+    detection); `data_flags` and `resume_command` name the task's flags in the message."""
+    if recorded is not None and as_recorded(recorded) != as_recorded(data):
+        diff = ", ".join(f"{k}: {recorded.get(k)!r} there, {data.get(k)!r} now"
+                         for k in sorted(set(data) | set(recorded))
+                         if recorded.get(k) != data.get(k) and k != "classes")
         raise ReslabError(f"{out} was trained on other data ({diff or 'other classes'}): "
                           f"resume with the same {data_flags}")
     if changes:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.train.checkpoint import Checkpoint
+from reslab.train.run_folder import recorded_run
 from reslab.train.schedule import PAPER_ITERATIONS, PAPER_MILESTONES, scale_milestones
 
 RECIPES = ("cifar", "imagenet")
@@ -50,6 +51,8 @@ IMAGENET_RECIPE: dict[str, Any] = {
 }
 
 _RECIPE_DEFAULTS = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE}
+#: The most DataLoader workers a run or command starts (each is a process holding a decoder).
+MAX_WORKERS = 256
 _IMAGENET_ONLY = ("scale", "crop", "test_resize", "lighting", "workers", "classes",
                   "images_per_class")
 
@@ -170,12 +173,18 @@ class TrainConfig:
 
     @classmethod
     def for_resume(cls, out: str | os.PathLike, **changes: Any) -> TrainConfig:
-        """The config of the run in `out` (from its last.pt), with `changes` applied and
-        `resume=True`: `reslab train --resume --out DIR` needs no other flag."""
+        """The config of the run in `out` (from its last.pt; from its run.json when it was
+        stopped before its first checkpoint: it restarts at iteration 0), with `changes`
+        applied and `resume=True`: `reslab train --resume --out DIR` needs no other flag.
+        A folder that records no run starts one with `changes`."""
         path = Path(out) / "last.pt"
-        if not path.exists():
+        recorded = recorded_run(out)
+        if recorded is not None:
+            saved, path = recorded["config"], Path(out) / "run.json"
+        elif path.exists():
+            saved = Checkpoint.load(path).config
+        else:
             return cls(out=str(out), resume=True, **changes)
-        saved = Checkpoint.load(path).config
         if saved is None:
             raise ReslabError(f"{path} records no training config; resume with the full "
                               "command that started the run")
@@ -263,7 +272,8 @@ class TrainConfig:
                 (self.crop <= self.test_resize,
                  f"--crop {self.crop} must be <= --test-resize {self.test_resize}"),
                 (self.lighting >= 0, "--lighting must be >= 0"),
-                (self.workers >= 0, "--workers must be >= 0"),
+                (0 <= self.workers <= MAX_WORKERS,
+                 f"--workers must be in 0..{MAX_WORKERS}, got {self.workers}"),
                 (self.classes is None or self.classes >= 1, "--classes must be >= 1"),
                 (self.images_per_class is None or self.images_per_class >= 1,
                  "--images-per-class must be >= 1"),

@@ -10,6 +10,7 @@ files of writes that a kill -9 interrupted are removed.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -79,3 +80,23 @@ class RunFolder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def recorded_run(out: str | os.PathLike) -> dict | None:
+    """What the run.json of `out` records when `out` holds no last.pt: a run killed (kill -9,
+    a full disk, a power cut) before its first checkpoint. None when there is a last.pt
+    (the checkpoint records the run) or no run.json; ReslabError naming the file when it
+    is not a run's record, since a resume could not know which run to continue."""
+    path = Path(out) / "run.json"
+    if (Path(out) / "last.pt").exists() or not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        info, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = "it records no config"
+    if isinstance(info, dict) and isinstance(info.get("config"), dict):
+        return info
+    raise ReslabError(f"cannot resume {out}: it has no last.pt and {path} is not a run's "
+                      f"record ({why}); start the run again without --resume")

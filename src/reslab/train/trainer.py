@@ -28,10 +28,10 @@ from reslab.data import ImageData, Preprocess
 from reslab.engine import Engine, machine_info, make_engine, precision_reason, versions
 from reslab.errors import ReslabError
 from reslab.models.registry import ModelSpec, build, resolve
-from reslab.train.checkpoint import Checkpoint, check_same_run
+from reslab.train.checkpoint import Checkpoint, as_recorded, check_same_run
 from reslab.train.distributed import World, all_reduce_sum, barrier, init_world
 from reslab.train.recipes import TrainConfig, same_data
-from reslab.train.run_folder import RunFolder
+from reslab.train.run_folder import RunFolder, recorded_run
 from reslab.train.runlog import RunLog, is_finite_model, read_metrics
 from reslab.train.schedule import PlateauSchedule, StepSchedule, needs_warmup
 from reslab.train.sources import data_identity, make_source
@@ -245,11 +245,14 @@ def start_run(cfg: TrainConfig, data: ImageData | None = None) -> Run:
         folder.open(cfg.resume)
     try:
         ckpt = resumed_checkpoint(cfg, out)
+        recorded = recorded_run(out) if cfg.resume else None  # stopped before a checkpoint
         preprocess = Preprocess.from_dict(ckpt.preprocess) if ckpt else None
         source = make_source(cfg, engine, world, data, preprocess)
         spec = resolve(cfg.model, len(source.classes), cfg.shortcut)
+        if ckpt is not None or recorded is not None:
+            check_resumable(ckpt.run_record() if ckpt else recorded, cfg, spec,
+                            data_identity(source), out)
         if ckpt is not None:
-            check_resumable(ckpt, cfg, spec, data_identity(source), out)
             warn_precision_change(out, engine)
         return build_run(cfg, engine, world, folder, source, spec, ckpt, started)
     except BaseException:
@@ -276,25 +279,30 @@ def warn_precision_change(out: Path, engine: Engine) -> None:
                       stacklevel=2)
 
 
-def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, spec: ModelSpec, data: dict,
+def check_resumable(record: dict, cfg: TrainConfig, spec: ModelSpec, data: dict,
                     out: Path) -> None:
-    """ReslabError unless `cfg` continues the run in `ckpt` (same net, data and recipe)."""
+    """ReslabError unless `cfg` continues the `record`ed run (same net, data and recipe):
+    its checkpoint's `run_record()`, or the run.json of a run stopped before its first
+    checkpoint."""
     def describe(s: dict) -> str:
         return s["name"] + (f" (shortcut {s['shortcut']})" if s.get("shortcut") else "")
 
-    if ckpt.model_spec != spec.to_dict():
-        raise ReslabError(f"{out / 'last.pt'} is a {describe(ckpt.model_spec)} run, not "
+    saved_spec = record.get("model_spec")
+    if isinstance(saved_spec, dict) and as_recorded(saved_spec) != as_recorded(spec.to_dict()):
+        where = out / ("last.pt" if (out / "last.pt").exists() else "run.json")
+        raise ReslabError(f"{where} is a {describe(saved_spec)} run, not "
                           f"{describe(spec.to_dict())}: resume with the same --model and "
                           "--shortcut")
-    changes = (cfg.changes_from(TrainConfig.from_dict(ckpt.config))
-               if ckpt.config is not None else {})
-    recorded = (ckpt.data or {}).get("name")
+    config = record.get("config")
+    changes = cfg.changes_from(TrainConfig.from_dict(config)) if config is not None else {}
+    identity = record.get("data")
+    recorded = (identity or {}).get("name")
     if isinstance(recorded, str) and recorded != data.get("name") and same_data(
             recorded, data.get("name")):
         # An image folder's identity is named by its path as --data spelled it; runs made
         # before --data was recorded absolute spell it relative: the same folder.
         data = {**data, "name": recorded}
-    check_same_run(ckpt, data, changes, out, data_flags="--data and --val-split",
+    check_same_run(identity, data, changes, out, data_flags="--data and --val-split",
                    resume_command="reslab train --resume --out DIR")
 
 

@@ -1,0 +1,176 @@
+"""Issue 26 (and items 6, 7, 12, 13 of issue 27): a resume of a folder whose run was
+stopped before its first checkpoint, bounds of the detection flags, signals during a
+detection evaluation, reproducible publishing and refused pickles. Each test reproduces
+the fault."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reslab.cli import main
+from reslab.detection.config import DetectConfig
+from reslab.detection.trainer import start_detection_run, train_detector
+from reslab.errors import ReslabError
+from reslab.experiments.sweep import RunSpec, run_sweep
+from reslab.train.recipes import TrainConfig
+from reslab.train.trainer import start_run
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+
+DET_DATA = "synthetic-det:train=4,test=2,size=64,objects=2"
+SYNTH = "synthetic:64:32"
+
+
+def det_cfg(out: Path, **changes) -> DetectConfig:
+    """The reproduction of issue 26, smaller: 2 iterations of 2 images of 64 pixels."""
+    values = dict(backbone="resnet18", head="fpn", data=DET_DATA, min_size=64, max_size=64,
+                  batch_size=2, rpn_test_proposals=20, device="cpu", precision="fp32",
+                  iterations=2, eval_every=2, trainable_layers=0, out=str(out),
+                  progress=False, tensorboard=False)
+    return DetectConfig(**{**values, **changes})
+
+
+def cls_cfg(out: Path, **changes) -> TrainConfig:
+    values = dict(model="resnet8", data=SYNTH, out=str(out), iterations=4, batch_size=16,
+                  eval_every=2, lr=0.05, progress=False, tensorboard=False, device="cpu",
+                  precision="fp32")
+    return TrainConfig(**{**values, **changes})
+
+
+def killed_before_its_first_checkpoint(cfg) -> Path:
+    """The folder a run killed (kill -9, a full disk, a power cut) right after it wrote
+    run.json leaves: run.json and no last.pt."""
+    run = (start_detection_run if isinstance(cfg, DetectConfig) else start_run)(cfg)
+    run.folder.close()  # what the kernel does to the flock of a killed process
+    out = Path(cfg.out)
+    assert (out / "run.json").exists() and not (out / "last.pt").exists()
+    return out
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# ---- issue 26: --resume of a folder without a checkpoint ---------------------------------------
+
+def test_detect_resume_without_a_checkpoint_continues_the_recorded_run(tmp_path):
+    out = killed_before_its_first_checkpoint(det_cfg(tmp_path / "det"))
+    recorded = json.loads((out / "run.json").read_text())["config"]
+    cfg = DetectConfig.for_resume(out)  # `reslab detect train --resume --out DIR`
+    assert (cfg.backbone, cfg.head, cfg.iterations, cfg.min_size) == ("resnet18", "fpn", 2, 64)
+    assert main(["detect", "train", "--resume", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"] == {**recorded, "resume": True}
+    assert run["resumed_from"] == 0 and run["finished_iteration"] == 2
+
+
+def test_detect_resume_without_a_checkpoint_refuses_another_config(tmp_path, capsys):
+    out = killed_before_its_first_checkpoint(det_cfg(tmp_path / "det", iterations=1))
+    before = (out / "run.json").read_text()
+    with pytest.raises(ReslabError, match="head: 'fpn' there, 'c4' now"):
+        train_detector(det_cfg(out, head="c4", resume=True))  # the API's resume too
+    assert main(["detect", "train", "--resume", "--out", str(out), "--backbone",
+                 "resnet34"]) == 2
+    assert "backbone: 'resnet18' there, 'resnet34' now" in one_line(capsys)
+    assert (out / "run.json").read_text() == before
+
+
+def test_resume_of_a_folder_whose_run_json_is_no_record_is_one_line(tmp_path, capsys):
+    out = tmp_path / "broken"
+    out.mkdir()
+    (out / "run.json").write_text('{"config": ')
+    with pytest.raises(ReslabError, match="not a run's record"):
+        DetectConfig.for_resume(out)
+    assert main(["detect", "train", "--resume", "--out", str(out)]) == 2
+    assert "has no last.pt and" in one_line(capsys)
+    assert main(["train", "--resume", "--out", str(out)]) == 2
+    assert "start the run again without --resume" in one_line(capsys)
+
+
+def test_train_resume_without_a_checkpoint_continues_the_recorded_run(tmp_path, capsys):
+    out = killed_before_its_first_checkpoint(cls_cfg(tmp_path / "cls"))
+    assert TrainConfig.for_resume(out).model == "resnet8"
+    assert main(["train", "--resume", "--out", str(out), "--model", "resnet14"]) == 2
+    assert "resnet8" in one_line(capsys)
+    assert main(["train", "--resume", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["model"] == "resnet8" and run["config"]["lr"] == 0.05
+    assert run["resumed_from"] == 0 and run["finished_iteration"] == 4
+
+
+def test_a_sweep_over_a_folder_without_a_checkpoint(tmp_path):
+    out = killed_before_its_first_checkpoint(cls_cfg(tmp_path / "cls"))
+    with pytest.raises(ReslabError, match="other settings.*lr: 0.05 there, 0.1 now"):
+        run_sweep([RunSpec("r", cls_cfg(out, lr=0.1))], None)
+    [outcome] = run_sweep([RunSpec("r", cls_cfg(out))], None)
+    assert outcome.info["status"] == "finished" and outcome.info["resumed_from"] == 0
+
+
+# ---- issue 26 and 27.6: absurd sizes refused when parsed, in one line --------------------------
+
+def usage_error(capsys, argv: list[str]) -> str:
+    """argparse's refusal: exit status 2 and one `error:` line after the usage."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+DETECT_TRAIN = ["detect", "train", "--data", "synthetic-det"]
+DETECT_EVAL = ["detect", "eval", "--weights", "w.pt", "--data", "synthetic-det"]
+SIZES = [
+    (DETECT_TRAIN, "--workers", "100000", "from 0 to 256"),
+    (DETECT_TRAIN, "--workers", "-1", "from 0 to 256"),
+    (DETECT_TRAIN, "--min-size", "100000", "from 32 to 4096"),
+    (DETECT_TRAIN, "--max-size", "0", "from 32 to 8192"),
+    (DETECT_TRAIN, "--batch-size", "100000", "from 1 to 1024"),
+    (DETECT_TRAIN, "--eval-batch-size", "0", "from 1 to 1024"),
+    (DETECT_TRAIN, "--rpn-train-proposals", "10000000", "from 1 to 20000"),
+    (DETECT_TRAIN, "--rpn-test-proposals", "0", "from 1 to 20000"),
+    (DETECT_TRAIN, "--rpn-batch-size", "-5", "from 1 to 20000"),
+    (DETECT_TRAIN, "--roi-batch-size", "10000000", "from 1 to 20000"),
+    (DETECT_TRAIN, "--anchor-sizes", "100000", "from 1 to 8192"),
+    (DETECT_TRAIN, "--trainable-layers", "9", "from 0 to 5"),
+    (DETECT_TRAIN, "--iterations", "0", ">= 1"),
+    (DETECT_TRAIN, "--eval-every", "-1", ">= 1"),
+    (DETECT_EVAL, "--min-size", "100000", "from 32 to 4096"),
+    (DETECT_EVAL, "--batch-size", "100000", "from 1 to 1024"),
+    (["detect", "predict", "--weights", "w.pt", "a.png"], "--max-size", "100000",
+     "from 32 to 8192"),
+    (["train"], "--workers", "100000", "from 0 to 256"),
+    (["reproduce", "table2"], "--workers", "100000", "from 0 to 256"),
+    (["reproduce", "table7"], "--rpn-test-proposals", "10000000", "from 1 to 20000"),
+]
+
+
+@pytest.mark.parametrize("argv, flag, value, bounds", SIZES,
+                         ids=[f"{' '.join(a[:2])} {f} {v}" for a, f, v, _ in SIZES])
+def test_absurd_sizes_are_refused_when_parsed(capsys, argv, flag, value, bounds):
+    line = usage_error(capsys, [*argv, flag, value])
+    assert line.endswith(f"error: argument {flag}: must be an integer {bounds}, got {value}")
+
+
+def test_detect_configs_bound_their_sizes():
+    for field, value in (("workers", 100_000), ("batch_size", 100_000),
+                         ("rpn_test_proposals", 10**7), ("eval_batch_size", 5000)):
+        with pytest.raises(ReslabError, match=f"must be in .*got {value}"):
+            DetectConfig(**{field: value})
+    with pytest.raises(ReslabError, match="--workers must be in 0..256"):
+        TrainConfig(recipe="imagenet", workers=100_000)
+
+
+def test_a_synthetic_det_of_terabytes_is_refused(tmp_path, capsys):
+    from reslab.detection import open_detection_data
+
+    with pytest.raises(ReslabError, match=r"11,718.8 GiB in memory, more than 8 GiB"):
+        open_detection_data("synthetic-det:images=1000000,size=2048", "train")
+    assert main(["detect", "train", "--data", "synthetic-det:train=1,test=1000000,size=256",
+                 "--device", "cpu", "--out", str(tmp_path / "big")]) == 2
+    assert "test split of 1000000 images of 256x256" in one_line(capsys)
