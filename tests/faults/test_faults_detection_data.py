@@ -355,11 +355,15 @@ def test_voc_paths_leading_outside_are_skipped_and_counted(tmp_path, voc):
     (outside / "x.png").write_bytes(secret.read_bytes())
     split = voc / "ImageSets" / "Main" / "trainval.txt"
     split.write_text(split.read_text() + f"../../../{outside.name}/x\n")
-    with pytest.warns(UserWarning, match=r"skipped 2 images whose path leads outside the "
+    # a link in Annotations to an annotation outside the root
+    (outside / "y.xml").write_text(xml(voc, 3).read_text())
+    xml(voc, 3).unlink()
+    xml(voc, 3).symlink_to(outside / "y.xml")
+    with pytest.warns(UserWarning, match=r"skipped 3 images whose path leads outside the "
                       r"data set"):
         data = open_detection_data(str(voc), "trainval")
     paths = [data.image_info(i)["path"] for i in range(len(data))]
-    assert len(data) == 3 and all(str(voc) in p for p in paths)
+    assert len(data) == 2 and all(str(voc) in p for p in paths)
     assert paths[0] == str(voc / "JPEGImages" / "train_000000.png")
 
 
