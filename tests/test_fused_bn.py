@@ -252,12 +252,15 @@ def _make_old(out: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["for_resume", "full config"])
-def test_a_run_from_before_the_option_resumes_eager_bit_identically(tmp_path, tiny_data, how):
+def test_a_run_from_before_the_option_resumes_eager_bit_identically(tmp_path, tiny_data, how,
+                                                                     sigterm_at_batch):
     """A run.json / last.pt without `kernels` (today's runs, docs/experiments/) continues
     on the eager ops it ran, and ends with the weights of an uninterrupted eager run."""
     full = train(tiny_cfg(tmp_path / "full", iterations=8, kernels="eager"), tiny_data)
     out = tmp_path / "old"
-    train(tiny_cfg(out, iterations=4, kernels="eager"), tiny_data)
+    sigterm_at_batch(4)  # stopped (and saved) after 5 of 8 iterations
+    assert train(tiny_cfg(out, iterations=8, kernels="eager"), tiny_data).iteration == 5
+    sigterm_at_batch(None)
     _make_old(out)
     assert TrainConfig.from_dict(torch.load(out / "last.pt", weights_only=True)["config"]
                                  ).kernels == "eager"
