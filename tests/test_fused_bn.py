@@ -200,6 +200,8 @@ def test_fallback_trains_eager_and_says_so_once(tmp_path, tiny_data, monkeypatch
     if how == "RESLAB_NO_EXTENSION":
         monkeypatch.setenv("RESLAB_NO_EXTENSION", "1")
     else:
+        monkeypatch.delenv("RESLAB_NO_EXTENSION", raising=False)
+
         def no_compiler():
             raise RuntimeError("Error building extension\ng++: command not found")
         monkeypatch.setattr(kernels, "_build", no_compiler)
