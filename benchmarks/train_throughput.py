@@ -195,7 +195,7 @@ def main() -> None:
                         "images/s still include loading the compiled code)")
     args = p.parse_args()
     if args.quick:
-        args.iterations, args.profile_steps = min(args.iterations, 60), 5
+        args.iterations, args.profile_steps = min(args.iterations, 60), min(args.profile_steps, 5)
     device = pick_device(args.device)
     spec = args.data or (str(ARCHIVE) if ARCHIVE.is_file() else "synthetic:10000:2000")
     data = load_image_data(spec, progress=False)

@@ -93,8 +93,12 @@ def load_extension() -> ModuleType | None:
             _state["ext"] = _build()
             return _state["ext"]  # type: ignore[return-value]
         except Exception as e:  # no compiler, headers, ... : the eager ops will do
-            lines = [s for s in str(e).strip().splitlines() if s.strip()]
-            why = f"they could not be built ({type(e).__name__}: {lines[-1] if lines else ''})"
+            lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+            # the compiler's own complaint says more than ninja's last line
+            said = [s for s in lines if any(w in s for w in ("error:", "not found",
+                                                              "No such file"))]
+            line = (said or lines or [""])[0 if said else -1][:200]
+            why = f"they could not be built ({type(e).__name__}: {line})"
     _state["why"] = why
     warnings.warn(f"reslab: the fused batch-norm kernels are not used: {why}; training runs "
                   "the eager ops (slower on CPU, same results; docs/cpu-profile.md)",
