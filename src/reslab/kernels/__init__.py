@@ -10,7 +10,8 @@ ops, made the step slower there).
 
 The extension is compiled on first use with torch's `cpp_extension.load` (g++ -O3
 -march=native, so one build per CPU model and torch version), cached under
-`$RESLAB_HOME/cache/extensions/`. Where it cannot be built (no compiler, or
+torch's extensions folder (`TORCH_EXTENSIONS_DIR`,
+default `~/.cache/torch_extensions/`). Where it cannot be built (no compiler, or
 `RESLAB_NO_EXTENSION=1`), training runs the eager ops, and says so once per process.
 
 `kernels` ("auto", "fused", "eager") is a `TrainConfig` field; `pick_kernels` resolves
@@ -29,7 +30,6 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from reslab.data.home import reslab_home
 from reslab.engine import cpu_has_native_bf16, cpu_info
 from reslab.errors import ReslabError
 
@@ -70,12 +70,13 @@ def extension_name() -> str:
 def _build() -> ModuleType:
     from torch.utils.cpp_extension import load
 
+    # Built in torch's extensions folder (TORCH_EXTENSIONS_DIR, default
+    # ~/.cache/torch_extensions), not under $RESLAB_HOME: one build per machine, shared by
+    # runs, tests and subprocesses that point RESLAB_HOME elsewhere (a build is minutes).
     name = extension_name()
-    folder = reslab_home() / "cache" / "extensions" / name
-    folder.mkdir(parents=True, exist_ok=True)
     # -fopenmp for at::parallel_for, which inlines its `omp parallel`; the library links
     # libgomp.so.1 by name, i.e. the one torch has already loaded (one thread pool).
-    return load(name=name, sources=[str(SOURCE)], build_directory=str(folder),
+    return load(name=name, sources=[str(SOURCE)],
                 extra_cflags=["-O3", "-march=native", "-fopenmp"],
                 extra_ldflags=["-fopenmp"], verbose=False)
 
