@@ -26,6 +26,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from reslab.data import load_image_data, random_crop_flip
+from reslab.kernels import set_kernels
 from reslab.models import create_model
 
 BATCH = 128
@@ -94,6 +95,7 @@ class Path:
     conv_fp32_precision: str | None = None  # torch.backends.mkldnn.conv.fp32_precision
     mkldnn: bool = True  # torch.backends.mkldnn.enabled
     threads: int | None = None  # torch.set_num_threads for this path (None: as the process)
+    kernels: str = "eager"  # eager | fused (reslab.kernels: fused batch norm + ReLU + add)
 
     def with_(self, **kw) -> Path:
         return replace(self, **kw)
@@ -140,6 +142,7 @@ class Runner:
                     m.__class__ = FP32BatchNorm2d
         if path.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        set_kernels(model, path.kernels)
         model.train()
         self.model = model
         self.opt = _sgd(model.parameters(), path.sgd)

@@ -26,8 +26,12 @@ Inductor's fused kernels (cpp_fused_*, named after the ops they fuse) count as b
 when they include one (a fused batch norm + relu counts as batch norm), else as loss or
 element-wise; convolutions stay oneDNN calls.
 
+With `--kernels fused`, reslab's fused batch norm + ReLU (+ residual add) ranges
+(`reslab::fused_batch_norm_act`) and their backward nodes (`_BatchNormActBackward`) count
+as batch norm.
+
 Usage: python benchmarks/profile_step.py [--precision fp32 bf16] [--compile] [--steps 10]
-       [--warmup 5] [--threads N] [--data SPEC] [--top 3]
+       [--warmup 5] [--threads N] [--data SPEC] [--top 3] [--kernels fused]
 Data: synthetic images by default (the content does not change the speed).
 """
 
@@ -110,6 +114,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile forward + loss (Inductor compiles their backward too)")
     p.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
+    p.add_argument("--kernels", choices=("eager", "fused"), default="eager",
+                   help="fused: reslab's fused batch norm + ReLU (+ residual add) kernels "
+                   "(issue 25; their forward and backward count as batch norm)")
     p.add_argument("--steps", type=int, default=10, help="timed steps, then profiled steps")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -125,7 +132,8 @@ def main() -> None:
     print(cpu_summary())
     data = load_data(args.data)
     runners = [Runner(Path(prec, precision=prec, channels_last=not args.nchw,
-                           compile="fwd+loss" if args.compile else "none"), data)
+                           compile="fwd+loss" if args.compile else "none",
+                           kernels=args.kernels), data)
                for prec in dict.fromkeys(args.precision)]
     warm = {}
     for r in runners:
@@ -157,6 +165,7 @@ def main() -> None:
         ops[label, g][e.name] += t
     fmt = "channels_last" if not args.nchw else "NCHW"
     mode = "torch.compile (fwd+loss)" if args.compile else "eager"
+    mode += ", fused batch-norm kernels" if args.kernels == "fused" else ""
     print(f"ResNet-20, batch {BATCH}, {fmt}, {mode}; per precision {args.warmup} warm-up steps, "
           f"then {args.steps} timed and {args.steps} profiled steps, interleaved")
     names = [r.path.name for r in runners]

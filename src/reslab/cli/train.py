@@ -10,6 +10,7 @@ from reslab.cli.flag_types import worker_count
 from reslab.cli.image_limit import add_max_image_pixels
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
+from reslab.kernels import KERNELS
 from reslab.train.distributed import shutdown_process_group
 from reslab.train.recipes import COMPILE_MODES, TrainConfig
 from reslab.train.trainer import train
@@ -98,6 +99,11 @@ def _add_engine_options(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
     p.add_argument("--compile", action="store_const", const=True, default=None,
                    help="torch.compile the model")
+    p.add_argument("--kernels", choices=KERNELS, default=None,
+                   help="auto (default): reslab's fused batch-norm + ReLU (+ residual add) "
+                   "CPU kernels where they are faster (CPUs with native bf16, channels_last, "
+                   "no --compile), else the eager ops; fused; eager. A run made before this "
+                   "option resumes with eager (docs/cpu-profile.md)")
     p.add_argument("--compile-mode", choices=list(COMPILE_MODES), default=None,
                    help="torch.compile mode (with --compile); reduce-overhead captures the "
                    "step with CUDA graphs on a GPU")

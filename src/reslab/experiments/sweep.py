@@ -35,8 +35,10 @@ from reslab.train.schedule import PAPER_ITERATIONS
 #: whatever their values. A subset of what a resume may change
 #: (`recipes.RESUMABLE_CHANGES`): a sweep also holds the length, the evaluation points and
 #: the precision (compared as resolved) fixed, since its report compares runs by them.
+#: `kernels` changes only the rounding of the same arithmetic (reslab.kernels), as the
+#: thread count does, so a run made before the field existed still counts.
 ENGINE_FIELDS = ("resume", "progress", "device", "tensorboard", "workers", "data_root",
-                 "eval_batch_size", "log_every", "skip_corrupt")
+                 "eval_batch_size", "log_every", "skip_corrupt", "kernels")
 #: The longest schedule `--budget` may ask for: 10 x the paper's (640k CIFAR iterations,
 #: 6M ImageNet iterations); beyond it a typo, not a plan.
 MAX_BUDGET = 10.0

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.kernels.fused_bn import batch_norm_act
+
 SHORTCUT_OPTIONS = ("A", "B", "C")
 
 
@@ -130,6 +132,8 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
+    #: Training runs `forward_fused` (reslab.kernels.set_kernels; eval the eager ops).
+    fused_bn = False
 
     def __init__(
         self, in_channels: int, planes: int, stride: int = 1, shortcut: str | None = "A",
@@ -150,7 +154,17 @@ class BasicBlock(nn.Module):
         return self.bn2(self.conv2(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_bn and self.training:
+            return self.forward_fused(x)[0]
         return _combine(self, x, self.residual(x))
+
+    def forward_fused(self, x: torch.Tensor, x_low: torch.Tensor | None = None,
+                      want_low: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward` in training with the fused kernels: (y, y's bf16 copy or None).
+        `x_low`, the previous block's bf16 copy of `x`, feeds conv1 (autocast's cast of
+        `x`, made in the previous block's pass); the shortcut takes `x` itself."""
+        out, _ = batch_norm_act(self.bn1, self.conv1(x if x_low is None else x_low))
+        return _combine_fused(self, x, self.conv2(out), self.bn2, want_low)
 
 
 class Bottleneck(nn.Module):
@@ -162,6 +176,7 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    fused_bn = False  # as BasicBlock's
 
     def __init__(
         self, in_channels: int, planes: int, stride: int = 1, shortcut: str | None = "B",
@@ -186,7 +201,16 @@ class Bottleneck(nn.Module):
         return self.bn3(self.conv3(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_bn and self.training:
+            return self.forward_fused(x)[0]
         return _combine(self, x, self.residual(x))
+
+    def forward_fused(self, x: torch.Tensor, x_low: torch.Tensor | None = None,
+                      want_low: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As BasicBlock's."""
+        out, _ = batch_norm_act(self.bn1, self.conv1(x if x_low is None else x_low))
+        out, _ = batch_norm_act(self.bn2, self.conv2(out))
+        return _combine_fused(self, x, self.conv3(out), self.bn3, want_low)
 
 
 def _attach_shortcut(block: nn.Module, shortcut: nn.Module | None) -> None:
@@ -221,6 +245,17 @@ def _combine(block: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch
     if residual.dtype != torch.float32 or shortcut.dtype != torch.float32:
         return block.relu(residual.float() + shortcut.float())
     return block.relu(residual + shortcut)
+
+
+def _combine_fused(block: nn.Module, x: torch.Tensor, pre: torch.Tensor, bn: nn.BatchNorm2d,
+                   want_low: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`_combine(block, x, bn(pre))` with bn, the addition (in fp32, as there) and the ReLU
+    in one fused pass (reslab.kernels.fused_bn); with `want_low`, also the sum's bf16 copy
+    that the next block's conv1 reads under autocast."""
+    shortcut = shortcut_of(block, x)
+    if shortcut is None:
+        return batch_norm_act(bn, pre)
+    return batch_norm_act(bn, pre, shortcut, want_low)
 
 
 def init_he(model: nn.Module) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from reslab.errors import ReslabError
+from reslab.kernels.fused_bn import batch_norm_act
 from reslab.models.blocks import BasicBlock, Bottleneck, init_he, memory_format_of
 
 
@@ -57,6 +58,9 @@ class ResNet(nn.Module):
         shortcut: "A", "B", "C", or None for the plain twin.
         stride_in_1x1: bottleneck stride placement (see `Bottleneck`).
     """
+
+    #: Training runs `_forward_fused` (reslab.kernels.set_kernels; eval the eager ops).
+    fused_bn = False
 
     def __init__(
         self,
@@ -124,7 +128,22 @@ class ResNet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_bn and self.training:
+            return self._forward_fused(x)
         x = self.forward_stem(x)
         for name in self.stage_names:
             x = getattr(self, name)(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` in training with the fused kernels (reslab.kernels.fused_bn): the
+        stem's bn1 + ReLU in one pass, and each block handing the next its output together
+        with that output's bf16 copy, made in the same pass (the cast autocast would make
+        at the next conv1: docs/cpu-profile.md)."""
+        self._check_input(x)
+        x = self.maxpool(batch_norm_act(self.bn1, self.conv1(x))[0])
+        blocks = [b for name in self.stage_names for b in getattr(self, name)]
+        low = None
+        for i, block in enumerate(blocks):
+            x, low = block.forward_fused(x, low, want_low=i + 1 < len(blocks))
         return self.fc(torch.flatten(self.avgpool(x), 1))

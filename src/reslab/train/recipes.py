@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
+from reslab.kernels import KERNELS
 from reslab.train.checkpoint import Checkpoint
 from reslab.train.run_folder import recorded_run
 from reslab.train.schedule import PAPER_ITERATIONS, PAPER_MILESTONES, scale_milestones
@@ -60,8 +61,8 @@ _IMAGENET_ONLY = ("scale", "crop", "test_resize", "lighting", "workers", "classe
 #: per iteration (the length, evaluation cadence and the engine).
 RESUMABLE_CHANGES = ("out", "resume", "iterations", "epochs", "eval_every",
                      "eval_batch_size", "log_every", "device", "precision", "channels_last",
-                     "compile", "compile_mode", "progress", "tensorboard", "workers", "data_root",
-                     "skip_corrupt")
+                     "compile", "compile_mode", "kernels", "progress", "tensorboard", "workers",
+                     "data_root", "skip_corrupt")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class TrainConfig:
     #: What a sweep needs to compare a recorded config with this one (`DetectConfig`'s
     #: differ): fields recorded since, at the values older runs were made with, and
     #: whether --data may join several roots with ",".
-    legacy_defaults: ClassVar[dict[str, Any]] = {}
+    legacy_defaults: ClassVar[dict[str, Any]] = {"kernels": "eager"}
     data_union: ClassVar[bool] = False
 
     model: str = "resnet20"
@@ -117,6 +118,10 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on (faster for oneDNN and cuDNN)
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead captures CUDA graphs
+    # fused batch norm + ReLU (+ residual add) kernels in CPU training (reslab.kernels):
+    # auto (where they are faster), fused, eager. A recorded config without the field (a
+    # run made before it) reads as "eager" (`from_dict`): old runs resume bit-identically.
+    kernels: str = "auto"
     seed: int = 0
     resume: bool = False  # continue the run in `out` from its last.pt
     progress: bool = True
@@ -161,8 +166,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """A config from `to_dict()` (run.json, checkpoints); reads the older layout with an
-        `extra` dict of ImageNet sizes too."""
+        `extra` dict of ImageNet sizes too, and a config recorded before `kernels` existed
+        as one with kernels "eager" (what it ran: its resume stays bit-identical)."""
         d = dict(d)
+        d.setdefault("kernels", "eager")
         for key, value in (d.pop("extra", None) or {}).items():
             d.setdefault(key, value)
         names = {f.name for f in dataclasses.fields(cls)}
@@ -253,6 +260,7 @@ class TrainConfig:
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.val_split >= 0, "--val-split must be >= 0"),
             (self.precision in PRECISIONS, "--precision must be auto, fp32 or bf16"),
+            (self.kernels in KERNELS, f"--kernels must be one of {', '.join(KERNELS)}"),
             (self.pad >= 0, "--pad must be >= 0"),
             (self.lr_policy in ("step", "plateau"), "--lr-policy must be step or plateau"),
             (self.plateau_patience >= 0, "plateau_patience must be >= 0"),

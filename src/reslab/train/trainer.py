@@ -9,6 +9,7 @@ with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -27,6 +28,7 @@ from torch import nn
 from reslab.data import ImageData, Preprocess
 from reslab.engine import Engine, machine_info, make_engine, precision_reason, versions
 from reslab.errors import ReslabError
+from reslab.kernels import pick_kernels, set_kernels
 from reslab.models.registry import ModelSpec, build, resolve
 from reslab.train.checkpoint import Checkpoint, as_recorded, check_same_run
 from reslab.train.distributed import World, all_reduce_sum, barrier, init_world
@@ -254,6 +256,7 @@ def start_run(cfg: TrainConfig, data: ImageData | None = None) -> Run:
                             data_identity(source), out)
         if ckpt is not None:
             warn_precision_change(out, engine)
+            cfg = kernels_of_resumed(cfg, ckpt)
         return build_run(cfg, engine, world, folder, source, spec, ckpt, started)
     except BaseException:
         folder.close()
@@ -264,6 +267,15 @@ def resumed_checkpoint(cfg: TrainConfig, out: Path) -> Checkpoint | None:
     """The run's last.pt when resuming (None for a fresh run)."""
     last = out / "last.pt"
     return Checkpoint.load(last) if cfg.resume and last.exists() else None
+
+
+def kernels_of_resumed(cfg: TrainConfig, ckpt: Checkpoint) -> TrainConfig:
+    """`cfg` with kernels "eager" where it says "auto" and resumes a run made before the
+    `kernels` option (its checkpoint's config has no such field): such a run continues on
+    the eager ops it ran, bit-identically, and its later checkpoints say so."""
+    if cfg.kernels == "auto" and "kernels" not in (ckpt.config or {}):
+        return dataclasses.replace(cfg, kernels="eager")
+    return cfg
 
 
 def warn_precision_change(out: Path, engine: Engine) -> None:
@@ -312,6 +324,9 @@ def build_run(cfg: TrainConfig, engine: Engine, world: World, folder: RunFolder,
     iterations = cfg.iterations_for(source.train_size)
     torch.manual_seed(cfg.seed)
     model = engine.prepare(build(spec))
+    kernels, kernels_choice = pick_kernels(cfg.kernels, engine.device, engine.channels_last,
+                                           cfg.compile)
+    set_kernels(model, kernels)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     warmup = needs_warmup(spec.depth) if cfg.warmup is None else cfg.warmup
@@ -341,7 +356,8 @@ def build_run(cfg: TrainConfig, engine: Engine, world: World, folder: RunFolder,
         "milestones": list(schedule.milestones) if cfg.lr_policy == "step" else None,
         "eval_every": eval_every, "warmup": warmup, "precision": engine.precision,
         "precision_choice": precision_reason(cfg.precision, engine.device),
-        "channels_last": engine.channels_last, "world_size": world.size,
+        "channels_last": engine.channels_last, "kernels": kernels,
+        "kernels_choice": kernels_choice, "world_size": world.size,
         "eval_split": source.eval_name, "data": data_identity(source),
         "versions": versions(), "machine": machine_info(engine.device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from": start,
