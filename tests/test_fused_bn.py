@@ -234,12 +234,19 @@ def test_pick_kernels(monkeypatch):
         TrainConfig(kernels="fast")
 
 
-def test_auto_picks_fused_on_a_native_bf16_cpu(tmp_path, tiny_data, ext):
+@pytest.mark.parametrize("fused_here", [True, False])
+def test_auto_follows_the_measured_choice_for_this_cpu(tmp_path, tiny_data, ext, monkeypatch,
+                                                       fused_here):
+    """auto resolves to what FUSED_AUTO_ON_* says for this kind of CPU (the measured
+    choice), and run.json records the resolved kernels and why."""
+    native = kernels.cpu_has_native_bf16()
+    monkeypatch.setattr(kernels, "FUSED_AUTO_ON_NATIVE_BF16" if native else
+                        "FUSED_AUTO_ON_OTHER_CPUS", fused_here)
     result = train(tiny_cfg(tmp_path / "r"), tiny_data)
     info = json.loads((result.out / "run.json").read_text())
     assert info["config"]["kernels"] == "auto"
-    want = "fused" if kernels.cpu_has_native_bf16() else "eager"
-    assert info["kernels"] == want, info["kernels_choice"]
+    assert info["kernels"] == ("fused" if fused_here else "eager"), info["kernels_choice"]
+    assert ("not faster" in info["kernels_choice"]) != fused_here
 
 
 def _make_old(out: Path) -> None:

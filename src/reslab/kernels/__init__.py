@@ -35,11 +35,12 @@ from reslab.errors import ReslabError
 
 KERNELS = ("auto", "fused", "eager")
 
-#: Where `--kernels auto` picks the fused kernels: CPUs with native bf16 (AVX-512 BF16 or
-#: AMX), the machines the issue measures (docs/cpu-profile.md, "Fused batch norm"). CPUs
-#: without it (AVX2 only) keep the eager ops until a measurement there says otherwise;
-#: `--kernels fused` runs them anywhere the extension builds.
-FUSED_AUTO_ON_NATIVE_BF16 = True
+#: Where `--kernels auto` picks the fused kernels. Measured (docs/cpu-profile.md, "Fused
+#: batch norm"): on a Zen 4 EPYC with native bf16 the kernels as they stand make the
+#: ResNet-20 step slower than the eager ops (0.74x), so auto keeps the eager ops on every
+#: CPU until a measurement says otherwise; `--kernels fused` runs them anywhere the
+#: extension builds.
+FUSED_AUTO_ON_NATIVE_BF16 = False
 FUSED_AUTO_ON_OTHER_CPUS = False
 
 SOURCE = Path(__file__).with_name("fused_bn.cpp")
@@ -136,8 +137,9 @@ def pick_kernels(kernels: str, device: torch.device, channels_last: bool,
     if kernels == "auto" and compiled:
         return "eager", "eager: auto with torch.compile (Inductor fuses these ops itself)"
     if kernels == "auto" and not _cpu_wants_fused():
-        return "eager", (f"eager: auto on a CPU without native bf16 ({cpu_info()['cpu']}; "
-                         "docs/cpu-profile.md)")
+        kind = "with" if cpu_has_native_bf16() else "without"
+        return "eager", (f"eager: auto on a CPU {kind} native bf16 ({cpu_info()['cpu']}), "
+                         "where the fused kernels are not faster (docs/cpu-profile.md)")
     if not extension_available():
         return "eager", f"eager: {asked}, but {_state['why']}"
     where = "a CPU with native bf16" if cpu_has_native_bf16() else "this CPU"
