@@ -174,3 +174,56 @@ def test_a_synthetic_det_of_terabytes_is_refused(tmp_path, capsys):
     assert main(["detect", "train", "--data", "synthetic-det:train=1,test=1000000,size=256",
                  "--device", "cpu", "--out", str(tmp_path / "big")]) == 2
     assert "test split of 1000000 images of 256x256" in one_line(capsys)
+
+
+# ---- issue 27.7: SIGTERM during a detection evaluation ------------------------------------------
+
+def test_sigterm_during_a_detection_evaluation_stops_it_and_the_resume_makes_it(
+        tmp_path, monkeypatch, capsys):
+    """A stop during the evaluation at iteration 1 ends it at its next batch (not after the
+    whole split), saves last.pt at 1 and exits 143 as a sweep does; the resume evaluates
+    at 1 first, and ends as the uninterrupted run."""
+    import os
+    import signal
+
+    import torch
+
+    from reslab.detection import inference
+    from reslab.train.checkpoint import Checkpoint
+    from reslab.train.runlog import read_metrics
+
+    cfg = det_cfg(tmp_path / "full", eval_every=1, eval_batch_size=1)
+    full = train_detector(cfg)
+    real, calls = inference.detect, []
+
+    def detect(*args, **kwargs):  # SIGTERM while the first evaluation's first batch runs
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "detect", detect)
+    cut = tmp_path / "cut"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.to_dict().items()
+             if k in ("backbone", "head", "data", "min_size", "max_size", "batch_size",
+                      "rpn_test_proposals", "device", "precision", "iterations",
+                      "eval_every", "eval_batch_size", "trainable_layers")]
+    assert main(["detect", "train", *flags, "--no-progress", "--out", str(cut)]) == 143
+    assert len(calls) == 1  # of the 2 test images' batches
+    assert Checkpoint.load(cut / "last.pt").iteration == 1
+    assert read_metrics(cut / "metrics.jsonl") == []
+    assert "stopped at iteration 1/2" in capsys.readouterr().out
+    monkeypatch.setattr(inference, "detect", real)
+
+    resumed = train_detector(DetectConfig.for_resume(cut, progress=False, tensorboard=False))
+    assert resumed.status == "finished"
+
+    def timeless(path: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("elapsed", "images_per_sec")}
+                for r in read_metrics(path)]
+
+    assert [r["iteration"] for r in timeless(cut / "metrics.jsonl")] == [1, 2]
+    assert timeless(cut / "metrics.jsonl") == timeless(full.out / "metrics.jsonl")
+    a = Checkpoint.load(full.out / "last.pt").model
+    b = Checkpoint.load(cut / "last.pt").model
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -10,7 +10,7 @@ every rank) and returns per image {"boxes" xyxy pixels of the original image, "s
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -92,9 +92,11 @@ def detect(model: nn.Module, images: Sequence[torch.Tensor], engine: Engine) -> 
 
 
 def detect_dataset(model: nn.Module, dataset, engine: Engine, batch_size: int = 2,
-                   world: World | None = None, progress: bool = False) -> list[dict]:
+                   world: World | None = None, progress: bool = False,
+                   stop: Callable[[], bool] | None = None) -> list[dict] | None:
     """Detections of every image of `dataset` (a DetectionDataset), in its order. Under
-    torchrun each rank runs its shard (every world.size-th image) and all ranks get all."""
+    torchrun each rank runs its shard (every world.size-th image) and all ranks get all.
+    None if `stop()` (asked between batches; a world of one only) turned true."""
     world = world or World()
     was_training = model.training
     model.eval()
@@ -107,6 +109,8 @@ def detect_dataset(model: nn.Module, dataset, engine: Engine, batch_size: int = 
     local: list[dict] = []
     try:
         for k in range(0, len(mine), batch_size):
+            if stop is not None and stop() and not world.distributed:
+                return None
             chunk = mine[k : k + batch_size]
             local += detect(model, [dataset[i][0] for i in chunk], engine)
             if bar is not None:
