@@ -227,3 +227,53 @@ def test_sigterm_during_a_detection_evaluation_stops_it_and_the_resume_makes_it(
     a = Checkpoint.load(full.out / "last.pt").model
     b = Checkpoint.load(cut / "last.pt").model
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- issue 27.12: reproducible publishing ------------------------------------------------------
+
+def tiny_checkpoint(folder: Path, iteration: int, planned: int) -> Path:
+    """A resnet8 checkpoint (untrained) with a run.json beside it, as a run leaves them."""
+    from reslab import create_model
+    from reslab.atomic_write import atomic_write_json
+    from reslab.train.checkpoint import Checkpoint
+
+    folder.mkdir(parents=True)
+    net = create_model("resnet8")
+    cfg = cls_cfg(folder, iterations=planned).to_dict()
+    Checkpoint(model_spec=net.reslab_spec.to_dict(), model=net.state_dict(),
+               preprocess={"mean": torch_zeros(3, 32, 32), "std": None},
+               classes=[f"class{k}" for k in range(10)], iteration=iteration,
+               config=cfg).save(folder / "last.pt")
+    atomic_write_json(folder / "run.json", {"config": cfg, "iterations": planned,
+                                            "command": "reslab train ..."})
+    return folder / "last.pt"
+
+
+def torch_zeros(*shape: int):
+    import torch
+
+    return torch.zeros(*shape)
+
+
+def test_publishing_a_checkpoint_twice_gives_one_sha256_and_notes_an_unfinished_run(tmp_path):
+    from reslab.models.publish import publish
+
+    last = tiny_checkpoint(tmp_path / "run", iteration=2, planned=4)
+    a = publish(last, "t", SYNTH, registry=tmp_path / "a")
+    b = publish(last, "t", SYNTH, registry=tmp_path / "b")
+    assert a.sha256 == b.sha256 and a.path.read_bytes() == b.path.read_bytes()
+    assert "had not finished: these are the weights at iteration 2 of the 4 planned" in a.notes
+
+
+def test_a_crafted_iteration_is_refused(tmp_path, capsys):
+    import torch
+
+    from reslab.train.checkpoint import Checkpoint
+
+    last = tiny_checkpoint(tmp_path / "run", iteration=2, planned=4)
+    obj = torch.load(last, weights_only=True)
+    torch.save({**obj, "iteration": 10**30}, last)
+    with pytest.raises(ReslabError, match=r"iteration.*from 0 to 1,000,000,000"):
+        Checkpoint.load(last)
+    assert main(["weights", "publish", str(last), "--name", "t", "--data", SYNTH]) == 2
+    assert "1000000000000000000000000000000" not in one_line(capsys)

@@ -22,6 +22,9 @@ from reslab.atomic_write import atomic_torch_save
 from reslab.errors import ReslabError
 
 FORMAT = "reslab-checkpoint-v1"
+#: The largest iteration a checkpoint may record: 1,000x the paper's longest schedule
+#: (COCO's 320k); a larger one is a crafted or corrupted file, never a run.
+MAX_ITERATION = 10**9
 
 
 @dataclass
@@ -94,8 +97,10 @@ class Checkpoint:
         classes = obj.get("classes")
         need(isinstance(classes, list) and len(classes) > 0
              and all(isinstance(c, str) for c in classes), "classes", "a list of names")
-        need(isinstance(obj.get("iteration", 0), int) and obj.get("iteration", 0) >= 0,
-             "iteration", "an integer >= 0")
+        iteration = obj.get("iteration", 0)
+        need(isinstance(iteration, int) and not isinstance(iteration, bool)
+             and 0 <= iteration <= MAX_ITERATION, "iteration",
+             f"an integer from 0 to {MAX_ITERATION:,}")
         for field in ("config", "optimizer", "schedule", "data"):
             need(obj.get(field) is None or isinstance(obj[field], dict), field, "a dict")
         known = {f.name for f in dataclasses.fields(cls)}
