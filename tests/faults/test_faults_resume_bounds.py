@@ -277,3 +277,30 @@ def test_a_crafted_iteration_is_refused(tmp_path, capsys):
         Checkpoint.load(last)
     assert main(["weights", "publish", str(last), "--name", "t", "--data", SYNTH]) == 2
     assert "1000000000000000000000000000000" not in one_line(capsys)
+
+
+# ---- issue 27.13: a refused code-carrying pickle ----------------------------------------------
+
+class _Code:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_pickle_with_code_names_the_refused_global_not_torchs_advice(tmp_path, capsys):
+    import torch
+
+    from reslab.interop import read_file
+    from reslab.train.checkpoint import Checkpoint
+
+    path = tmp_path / "code.pt"
+    torch.save({"model": _Code()}, path)
+    for read in (read_file, Checkpoint.load):
+        with pytest.raises(ReslabError) as e:
+            read(path)
+        text = str(e.value)
+        assert "the Python global print, which reslab will not load" in text, text
+        assert "weights_only=False" not in text and "likely succeed" not in text
+        assert "\n" not in text
+    assert main(["eval", "--weights", str(path)]) == 2
+    err = one_line(capsys)
+    assert "global print" in err and "this ran" not in err
