@@ -304,3 +304,19 @@ def test_a_pickle_with_code_names_the_refused_global_not_torchs_advice(tmp_path,
     assert main(["eval", "--weights", str(path)]) == 2
     err = one_line(capsys)
     assert "global print" in err and "this ran" not in err
+
+
+# ---- issue 26's audit: torch.hub with bad names -------------------------------------------------
+
+def test_hub_refuses_unknown_options_and_helpers_by_the_entry_points_name():
+    import torch
+
+    repo = str(Path(__file__).resolve().parents[2])
+    with pytest.raises(TypeError, match=r"resnet20\(\) got an unexpected keyword argument "
+                                        "'bogus'"):
+        torch.hub.load(repo, "resnet20", source="local", bogus=1)
+    with pytest.raises(RuntimeError, match="Cannot find callable _entry_point"):
+        torch.hub.load(repo, "_entry_point", source="local", name="resnet20")
+    with pytest.raises(ReslabError, match="is not a registry name"):
+        torch.hub.load(repo, "resnet20", source="local", weights="../../etc/passwd")
+    assert torch.hub.load(repo, "resnet20", source="local", num_classes=7).fc.out_features == 7
