@@ -97,6 +97,8 @@ def test_train_resume_without_a_checkpoint_continues_the_recorded_run(tmp_path, 
     assert TrainConfig.for_resume(out).model == "resnet8"
     assert main(["train", "--resume", "--out", str(out), "--model", "resnet14"]) == 2
     assert "resnet8" in one_line(capsys)
+    assert main(["detect", "train", "--resume", "--out", str(out)]) == 2  # a classifier's
+    assert "records no detection config" in one_line(capsys)
     assert main(["train", "--resume", "--out", str(out)]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["model"] == "resnet8" and run["config"]["lr"] == 0.05
