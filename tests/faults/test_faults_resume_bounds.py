@@ -105,6 +105,19 @@ def test_train_resume_without_a_checkpoint_continues_the_recorded_run(tmp_path, 
     assert run["resumed_from"] == 0 and run["finished_iteration"] == 4
 
 
+def test_resume_of_an_ended_run_whose_last_pt_is_gone_is_refused(tmp_path, capsys):
+    from reslab.train.trainer import train
+
+    out = tmp_path / "ended"
+    train(cls_cfg(out, iterations=2))
+    (out / "last.pt").unlink()
+    metrics = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out)]) == 2
+    assert "ended (finished at iteration 2) but its last.pt is missing" in one_line(capsys)
+    assert (out / "metrics.jsonl").read_text() == metrics
+
+
 def test_a_sweep_over_a_folder_without_a_checkpoint(tmp_path):
     out = killed_before_its_first_checkpoint(cls_cfg(tmp_path / "cls"))
     with pytest.raises(ReslabError, match="other settings.*lr: 0.05 there, 0.1 now"):
