@@ -27,8 +27,9 @@ from reslab.models.registry import list_models as _list_models  # noqa: E402
 
 
 def _entry_point(name: str):
-    def entry(weights=None, **kwargs):
-        return _create_model(name, weights=weights, **kwargs)
+    def entry(weights=None, *, num_classes=None, shortcut=None, stride_in_1x1=None):
+        return _create_model(name, num_classes=num_classes, shortcut=shortcut,
+                             stride_in_1x1=stride_in_1x1, weights=weights)
 
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = (
@@ -43,3 +44,4 @@ def _entry_point(name: str):
 
 for _name in _list_models():
     globals()[_name] = _entry_point(_name)
+del _entry_point, _name  # torch.hub.load(repo, "_entry_point") would return a function

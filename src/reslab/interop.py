@@ -27,6 +27,7 @@ from reslab.errors import ReslabError
 from reslab.models.blocks import ZeroPadShortcut
 from reslab.models.registry import build, spec_from_dict
 from reslab.models.weights import WEIGHTS_FORMAT, as_checkpoint, get_weights, is_weights_name
+from reslab.train.checkpoint import load_failure
 
 CHECKPOINT_FORMAT = "reslab-checkpoint-v1"
 SAFETENSORS_FORMAT = "reslab-safetensors-v1"
@@ -89,11 +90,10 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError (code in the pickle), corrupt zip, EOF, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ReslabError(
             f"cannot read {path}: not a weights-only PyTorch checkpoint or safetensors file "
-            f"({first[:200]}). reslab never unpickles arbitrary objects; re-save the "
-            "state_dict with torch.save(model.state_dict(), path)."
+            f"({load_failure(e)}); re-save the state_dict with "
+            "torch.save(model.state_dict(), path)."
         ) from None
     if not isinstance(obj, Mapping):
         raise ReslabError(f"{path} holds a {type(obj).__name__}, not a dict of weights")

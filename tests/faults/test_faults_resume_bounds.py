@@ -97,10 +97,25 @@ def test_train_resume_without_a_checkpoint_continues_the_recorded_run(tmp_path, 
     assert TrainConfig.for_resume(out).model == "resnet8"
     assert main(["train", "--resume", "--out", str(out), "--model", "resnet14"]) == 2
     assert "resnet8" in one_line(capsys)
+    assert main(["detect", "train", "--resume", "--out", str(out)]) == 2  # a classifier's
+    assert "records no detection config" in one_line(capsys)
     assert main(["train", "--resume", "--out", str(out)]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["model"] == "resnet8" and run["config"]["lr"] == 0.05
     assert run["resumed_from"] == 0 and run["finished_iteration"] == 4
+
+
+def test_resume_of_an_ended_run_whose_last_pt_is_gone_is_refused(tmp_path, capsys):
+    from reslab.train.trainer import train
+
+    out = tmp_path / "ended"
+    train(cls_cfg(out, iterations=2))
+    (out / "last.pt").unlink()
+    metrics = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out)]) == 2
+    assert "ended (finished at iteration 2) but its last.pt is missing" in one_line(capsys)
+    assert (out / "metrics.jsonl").read_text() == metrics
 
 
 def test_a_sweep_over_a_folder_without_a_checkpoint(tmp_path):
@@ -174,3 +189,149 @@ def test_a_synthetic_det_of_terabytes_is_refused(tmp_path, capsys):
     assert main(["detect", "train", "--data", "synthetic-det:train=1,test=1000000,size=256",
                  "--device", "cpu", "--out", str(tmp_path / "big")]) == 2
     assert "test split of 1000000 images of 256x256" in one_line(capsys)
+
+
+# ---- issue 27.7: SIGTERM during a detection evaluation ------------------------------------------
+
+def test_sigterm_during_a_detection_evaluation_stops_it_and_the_resume_makes_it(
+        tmp_path, monkeypatch, capsys):
+    """A stop during the evaluation at iteration 1 ends it at its next batch (not after the
+    whole split), saves last.pt at 1 and exits 143 as a sweep does; the resume evaluates
+    at 1 first, and ends as the uninterrupted run."""
+    import os
+    import signal
+
+    import torch
+
+    from reslab.detection import inference
+    from reslab.train.checkpoint import Checkpoint
+    from reslab.train.runlog import read_metrics
+
+    cfg = det_cfg(tmp_path / "full", eval_every=1, eval_batch_size=1)
+    full = train_detector(cfg)
+    real, calls = inference.detect, []
+
+    def detect(*args, **kwargs):  # SIGTERM while the first evaluation's first batch runs
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "detect", detect)
+    cut = tmp_path / "cut"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.to_dict().items()
+             if k in ("backbone", "head", "data", "min_size", "max_size", "batch_size",
+                      "rpn_test_proposals", "device", "precision", "iterations",
+                      "eval_every", "eval_batch_size", "trainable_layers")]
+    assert main(["detect", "train", *flags, "--no-progress", "--out", str(cut)]) == 143
+    assert len(calls) == 1  # of the 2 test images' batches
+    assert Checkpoint.load(cut / "last.pt").iteration == 1
+    assert read_metrics(cut / "metrics.jsonl") == []
+    assert "stopped at iteration 1/2" in capsys.readouterr().out
+    monkeypatch.setattr(inference, "detect", real)
+
+    resumed = train_detector(DetectConfig.for_resume(cut, progress=False, tensorboard=False))
+    assert resumed.status == "finished"
+
+    def timeless(path: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("elapsed", "images_per_sec")}
+                for r in read_metrics(path)]
+
+    assert [r["iteration"] for r in timeless(cut / "metrics.jsonl")] == [1, 2]
+    assert timeless(cut / "metrics.jsonl") == timeless(full.out / "metrics.jsonl")
+    a = Checkpoint.load(full.out / "last.pt").model
+    b = Checkpoint.load(cut / "last.pt").model
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- issue 27.12: reproducible publishing ------------------------------------------------------
+
+def tiny_checkpoint(folder: Path, iteration: int, planned: int) -> Path:
+    """A resnet8 checkpoint (untrained) with a run.json beside it, as a run leaves them."""
+    from reslab import create_model
+    from reslab.atomic_write import atomic_write_json
+    from reslab.train.checkpoint import Checkpoint
+
+    folder.mkdir(parents=True)
+    net = create_model("resnet8")
+    cfg = cls_cfg(folder, iterations=planned).to_dict()
+    Checkpoint(model_spec=net.reslab_spec.to_dict(), model=net.state_dict(),
+               preprocess={"mean": torch_zeros(3, 32, 32), "std": None},
+               classes=[f"class{k}" for k in range(10)], iteration=iteration,
+               config=cfg).save(folder / "last.pt")
+    atomic_write_json(folder / "run.json", {"config": cfg, "iterations": planned,
+                                            "command": "reslab train ..."})
+    return folder / "last.pt"
+
+
+def torch_zeros(*shape: int):
+    import torch
+
+    return torch.zeros(*shape)
+
+
+def test_publishing_a_checkpoint_twice_gives_one_sha256_and_notes_an_unfinished_run(tmp_path):
+    from reslab.models.publish import publish
+
+    last = tiny_checkpoint(tmp_path / "run", iteration=2, planned=4)
+    a = publish(last, "t", SYNTH, registry=tmp_path / "a")
+    b = publish(last, "t", SYNTH, registry=tmp_path / "b")
+    assert a.sha256 == b.sha256 and a.path.read_bytes() == b.path.read_bytes()
+    assert "had not finished: these are the weights at iteration 2 of the 4 planned" in a.notes
+
+
+def test_a_crafted_iteration_is_refused(tmp_path, capsys):
+    import torch
+
+    from reslab.train.checkpoint import Checkpoint
+
+    last = tiny_checkpoint(tmp_path / "run", iteration=2, planned=4)
+    obj = torch.load(last, weights_only=True)
+    torch.save({**obj, "iteration": 10**30}, last)
+    with pytest.raises(ReslabError, match=r"iteration.*from 0 to 1,000,000,000"):
+        Checkpoint.load(last)
+    assert main(["weights", "publish", str(last), "--name", "t", "--data", SYNTH]) == 2
+    assert "1000000000000000000000000000000" not in one_line(capsys)
+
+
+# ---- issue 27.13: a refused code-carrying pickle ----------------------------------------------
+
+class _Code:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_pickle_with_code_names_the_refused_global_not_torchs_advice(tmp_path, capsys):
+    import torch
+
+    from reslab.interop import read_file
+    from reslab.train.checkpoint import Checkpoint
+
+    path = tmp_path / "code.pt"
+    torch.save({"model": _Code()}, path)
+    for read in (read_file, Checkpoint.load):
+        with pytest.raises(ReslabError) as e:
+            read(path)
+        text = str(e.value)
+        assert "the Python global print, which reslab will not load" in text, text
+        assert "weights_only=False" not in text and "likely succeed" not in text
+        assert "\n" not in text
+    assert main(["eval", "--weights", str(path)]) == 2
+    err = one_line(capsys)
+    assert "global print" in err and "this ran" not in err
+
+
+# ---- issue 26's audit: torch.hub with bad names -------------------------------------------------
+
+def test_hub_refuses_unknown_options_and_helpers_by_the_entry_points_name():
+    import torch
+
+    repo = str(Path(__file__).resolve().parents[2])
+    with pytest.raises(TypeError, match=r"resnet20\(\) got an unexpected keyword argument "
+                                        "'bogus'"):
+        torch.hub.load(repo, "resnet20", source="local", bogus=1)
+    with pytest.raises(RuntimeError, match="Cannot find callable _entry_point"):
+        torch.hub.load(repo, "_entry_point", source="local", name="resnet20")
+    with pytest.raises(ReslabError, match="is not a registry name"):
+        torch.hub.load(repo, "resnet20", source="local", weights="../../etc/passwd")
+    assert torch.hub.load(repo, "resnet20", source="local", num_classes=7).fc.out_features == 7

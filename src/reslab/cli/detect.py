@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -229,13 +230,14 @@ def run_train(args: argparse.Namespace) -> int:
         result = train_detector(cfg)
     finally:
         shutdown_process_group()
+    stopped = 128 + (result.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     if os.environ.get("RANK", "0") != "0":
-        return 130 if result.status == "interrupted" else 0
+        return stopped if result.status == "interrupted" else 0
     if result.status == "interrupted":
         print(f"stopped at iteration {result.iteration}/{result.iterations}; checkpoint saved "
               f"to {result.out / 'last.pt'}. Continue with `reslab detect train --resume "
               f"--out {result.out}`.")
-        return 130
+        return stopped
     last = result.last or {}
     if last:
         print(f"done: {result.iteration} iterations in {result.wall_seconds:.0f} s; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 
 from reslab.cli.flag_types import worker_count
 from reslab.cli.image_limit import add_max_image_pixels
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"stopped at iteration {result.iteration}/{result.iterations}; checkpoint "
                   f"saved to {result.out / 'last.pt'}. Continue with the same command and "
                   "--resume.")
-        return 130
+        return 128 + (result.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     last = result.last or {}
     if last and main:  # one summary line under torchrun
         print(f"done: {result.iteration} iterations in {result.wall_seconds:.0f} s; "

@@ -10,7 +10,7 @@ every rank) and returns per image {"boxes" xyxy pixels of the original image, "s
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,11 +97,13 @@ def _readable(dataset, i: int) -> torch.Tensor | None:
 
 
 def detect_dataset(model: nn.Module, dataset, engine: Engine, batch_size: int = 2,
-                   world: World | None = None, progress: bool = False) -> list[dict | None]:
+                   world: World | None = None, progress: bool = False,
+                   stop: Callable[[], bool] | None = None) -> list[dict | None] | None:
     """Detections of every image of `dataset` (a DetectionDataset), in its order; None for
     an image that cannot be read when the dataset was opened with skip_bad (evaluation
     leaves it out: `reslab.detection.evaluate.scored_images`). Under torchrun each rank
-    runs its shard (every world.size-th image) and all ranks get all."""
+    runs its shard (every world.size-th image) and all ranks get all. None (the whole
+    result) if `stop()` (asked between batches; a world of one only) turned true."""
     world = world or World()
     was_training = model.training
     model.eval()
@@ -114,6 +116,8 @@ def detect_dataset(model: nn.Module, dataset, engine: Engine, batch_size: int = 
     local: list[dict | None] = []
     try:
         for k in range(0, len(mine), batch_size):
+            if stop is not None and stop() and not world.distributed:
+                return None
             chunk = mine[k : k + batch_size]
             images = [_readable(dataset, i) for i in chunk]
             found = iter(detect(model, [im for im in images if im is not None], engine)

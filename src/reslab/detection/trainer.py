@@ -25,7 +25,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +70,7 @@ class DetectRunResult:
     last: dict | None
     best_map50: float | None
     wall_seconds: float
+    signal: int | None = None  # the SIGINT/SIGTERM that stopped it (this process's)
 
     @property
     def best_error(self) -> float | None:
@@ -311,6 +312,13 @@ def train_detector(cfg: DetectConfig) -> DetectRunResult:
     try:
         run.model.train()
         with stop_requests() as stop:
+            # A world of one stops an evaluation at its next batch (the checkpoint is saved
+            # without it; the resume evaluates first); under DDP ranks finish it together.
+            def stopped() -> bool:
+                return stop["signal"] is not None and not world.distributed
+
+            if evaluation_pending(run):  # stopped during the evaluation at run.start
+                stopping = not evaluate_and_record(run, it, run.schedule.lr(it - 1), stopped)
             while it < run.iterations and not stopping:
                 lr = run.schedule.lr(it)
                 for group in run.optimizer.param_groups:
@@ -339,8 +347,8 @@ def train_detector(cfg: DetectConfig) -> DetectRunResult:
                     raise log.diverged(f"training loss became {loss_sum}", it)
                 log.on_log(it, loss_sum / n, None, lr, n / max(meter.seconds, 1e-9))
                 if evaluate_now:
-                    evaluate_and_record(run, it, lr)
-            status = "finished" if it >= run.iterations else "interrupted"
+                    stopping = not evaluate_and_record(run, it, lr, stopped) or stopping
+            status = "finished" if it >= run.iterations and not stopping else "interrupted"
             if status == "interrupted" and log.last_saved != it:
                 window, _ = meter.sync(world, device, True)  # the pending loss belongs to it
                 if not (math.isfinite(window[0]) and is_finite_model(run.model)):
@@ -354,16 +362,29 @@ def train_detector(cfg: DetectConfig) -> DetectRunResult:
     barrier(world)
     last = log.records[-1] if log.records else None
     return DetectRunResult(Path(cfg.out), it, run.iterations, status, last, run.best_map50,
-                           wall)
+                           wall, stop["signal"])
 
 
-def evaluate_and_record(run: DetectionRun, it: int, lr: float) -> None:
+def evaluation_pending(run: DetectionRun) -> bool:
+    """Whether the resumed checkpoint is of an evaluation point whose evaluation a stop cut
+    short (metrics.jsonl has no record of it): the resume makes it before training on."""
+    start = run.start
+    due = start > 0 and (start % run.eval_every == 0 or start == run.iterations)
+    return due and not any(r["iteration"] == start for r in run.log.records)
+
+
+def evaluate_and_record(run: DetectionRun, it: int, lr: float,
+                        stopped: Callable[[], bool] | None = None) -> bool:
     """Detect every image of the evaluation split (ranks share it), score the detections
     (COCO metrics by pycocotools, VOC AP) and hand the record and checkpoint to the run
-    log; non-finite weights are never saved."""
+    log; non-finite weights are never saved. False, with nothing recorded, when `stopped()`
+    turned true between two batches of images."""
     val = run.source.val
-    detections = detect_dataset(run.model, val, run.engine, run.cfg.eval_batch_size, run.world)
+    detections = detect_dataset(run.model, val, run.engine, run.cfg.eval_batch_size, run.world,
+                                stop=stopped)
     run.model.train()
+    if detections is None:
+        return False
     if not is_finite_model(run.model):
         raise run.log.diverged("the weights became non-finite", it)
     metrics = evaluate_detections(val, detections)
@@ -377,6 +398,7 @@ def evaluate_and_record(run: DetectionRun, it: int, lr: float) -> None:
     run.log.on_eval(record, run.checkpoint(it), improved)
     barrier(run.world)
     run.meter.restart_clock()
+    return True
 
 
 def start_detection_run(cfg: DetectConfig) -> DetectionRun:

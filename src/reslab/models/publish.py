@@ -154,6 +154,10 @@ def publish(checkpoint: str | os.PathLike, name: str, data: str | None = None, *
     if len(run.get("precision_history") or ()) > 1:  # e.g. fp32, then bf16 from a resume on
         recipe_d["precision_history"] = run["precision_history"]
     auto = []
+    planned = int(run.get("iterations") or config.get("iterations") or 0)
+    if ckpt.iteration < planned:
+        auto.append(f"The run had not finished: these are the weights at iteration "
+                    f"{ckpt.iteration:,} of the {planned:,} planned.")
     if checkpoint.name == "best.pt" and run.get("eval_split") == "test":
         auto.append("best.pt was chosen by its error on this same test split, an optimistic "
                     "figure; last.pt is not.")
@@ -163,7 +167,7 @@ def publish(checkpoint: str | os.PathLike, name: str, data: str | None = None, *
         bytes=len(blob), data={**trained, **_source(str(config.get("data") or data)),
                                  "classes": len(ckpt.classes)},
         recipe=recipe_d, iterations_done=ckpt.iteration,
-        iterations_planned=int(run.get("iterations") or config.get("iterations") or 0),
+        iterations_planned=planned,
         test_error={**test_error, "reslab": versions()["reslab"]}, command=command,
         machine={**machine, **({"started": run["started"]} if run.get("started") else {})},
         date=time.strftime("%Y-%m-%d", time.gmtime()), checkpoint=checkpoint.name,

@@ -32,6 +32,7 @@ from torch import nn
 
 from reslab.errors import ReslabError
 from reslab.models.registry import ModelSpec, build, resolve, spec_from_dict
+from reslab.train.checkpoint import MAX_ITERATION
 
 #: `format` metadata of a weights file, and of the registry's JSON.
 WEIGHTS_FORMAT = "reslab-weights-v1"
@@ -114,6 +115,10 @@ class WeightsEntry:
             if (k in d or k not in optional) and not isinstance(d.get(k), t):
                 why = "is missing" if k not in d else f"is not a {t.__name__}"
                 raise ReslabError(f"{where}: {k!r} {why}")
+        for k in ("iterations_done", "iterations_planned"):
+            if not 0 <= d[k] <= MAX_ITERATION:
+                raise ReslabError(f"{where}: {k!r} must be from 0 to {MAX_ITERATION:,}, got "
+                                  f"{d[k]:.3g}")
         if Path(d["file"]).name != d["file"]:
             raise ReslabError(f"{where}: 'file' must be a file name in the registry's folder, "
                               f"got {d['file']!r}")
@@ -273,7 +278,20 @@ def weights_file_bytes(model: nn.Module, preprocess: dict[str, torch.Tensor | No
     meta = {"format": WEIGHTS_FORMAT, "name": check_name(name),
             "model_spec": json.dumps(spec.to_dict()), "classes": json.dumps(list(classes)),
             "recipe": json.dumps(recipe), "iteration": str(int(iteration))}
-    return save(tensors, metadata=meta)
+    return canonical_safetensors(save(tensors, metadata=meta))
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """`blob` (a safetensors file) with its JSON header's keys sorted: safetensors writes
+    the metadata in a hash map's order, which differs from one call to the next, so the
+    same weights would get another sha256 each time they are published. The tensors'
+    bytes and offsets stay; the header is padded with spaces to 8 bytes, as safetensors
+    pads it."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True,
+                        separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + blob[8 + n :]
 
 
 # ----------------------------------------------------------------------------- models

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from reslab.atomic_write import atomic_torch_save
 from reslab.errors import ReslabError
 
 FORMAT = "reslab-checkpoint-v1"
+#: The largest iteration a checkpoint may record: 1,000x the paper's longest schedule
+#: (COCO's 320k); a larger one is a crafted or corrupted file, never a run.
+MAX_ITERATION = 10**9
 
 
 @dataclass
@@ -70,8 +74,7 @@ class Checkpoint:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:  # corrupt file, or one that needs arbitrary unpickling
-                first = (str(e).splitlines() or [type(e).__name__])[0]
-                raise ReslabError(f"cannot read checkpoint {path}: {first}") from None
+                raise ReslabError(f"cannot read checkpoint {path}: {load_failure(e)}") from None
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ReslabError(f"{what} is not a reslab checkpoint (no format {FORMAT!r})")
         return cls._checked(obj, what)
@@ -94,12 +97,33 @@ class Checkpoint:
         classes = obj.get("classes")
         need(isinstance(classes, list) and len(classes) > 0
              and all(isinstance(c, str) for c in classes), "classes", "a list of names")
-        need(isinstance(obj.get("iteration", 0), int) and obj.get("iteration", 0) >= 0,
-             "iteration", "an integer >= 0")
+        iteration = obj.get("iteration", 0)
+        need(isinstance(iteration, int) and not isinstance(iteration, bool)
+             and 0 <= iteration <= MAX_ITERATION, "iteration",
+             f"an integer from 0 to {MAX_ITERATION:,}")
         for field in ("config", "optimizer", "schedule", "data"):
             need(obj.get(field) is None or isinstance(obj[field], dict), field, "a dict")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def load_failure(e: Exception) -> str:
+    """One line for what `torch.load(..., weights_only=True)` raised. A pickle that carries
+    code (or objects beyond tensors and plain values) is named by the global it asks for,
+    with reslab's refusal; never torch's advice to re-run with weights_only=False, which
+    would run that code. Other failures (a corrupt zip, EOF): their first line."""
+    text = str(e).strip()
+    found = _REFUSED_GLOBAL.search(text)
+    if found:
+        return (f"it pickles the Python global {found.group(1)}, which reslab will not load: "
+                "it never unpickles code or objects, only tensors and plain values")
+    if "weights_only" in text or "Weights only load failed" in text:
+        return ("it pickles Python objects beyond tensors and plain values, which reslab "
+                "will not load: it never unpickles code or objects")
+    return (text.splitlines() or [type(e).__name__])[0][:200]
 
 
 def as_recorded(value: Any) -> Any:

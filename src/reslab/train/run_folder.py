@@ -86,7 +86,8 @@ def recorded_run(out: str | os.PathLike) -> dict | None:
     """What the run.json of `out` records when `out` holds no last.pt: a run killed (kill -9,
     a full disk, a power cut) before its first checkpoint. None when there is a last.pt
     (the checkpoint records the run) or no run.json; ReslabError naming the file when it
-    is not a run's record, since a resume could not know which run to continue."""
+    is not a run's record, since a resume could not know which run to continue, or when
+    it records a run that ended (its last.pt was saved, and is gone)."""
     path = Path(out) / "run.json"
     if (Path(out) / "last.pt").exists() or not path.exists():
         return None
@@ -97,6 +98,12 @@ def recorded_run(out: str | os.PathLike) -> dict | None:
     else:
         why = "it records no config"
     if isinstance(info, dict) and isinstance(info.get("config"), dict):
+        if info.get("status") is not None:  # it ended, saving a last.pt that is gone now
+            raise ReslabError(f"cannot resume {out}: its run.json says the run ended "
+                              f"({info['status']} at iteration "
+                              f"{info.get('finished_iteration')}) but its last.pt is missing; "
+                              "restore last.pt to continue it, or start again without "
+                              "--resume")
         return info
     raise ReslabError(f"cannot resume {out}: it has no last.pt and {path} is not a run's "
                       f"record ({why}); start the run again without --resume")

@@ -52,6 +52,7 @@ class RunResult:
     last: dict | None  # the last metrics record
     best_error: float | None
     wall_seconds: float
+    signal: int | None = None  # the SIGINT/SIGTERM that stopped it (this process's)
 
 
 class Meter:
@@ -206,7 +207,8 @@ def train(cfg: TrainConfig, data: ImageData | None = None) -> RunResult:
     log.close(status, it, wall, run.best_error)
     barrier(world)
     last = log.records[-1] if log.records else None
-    return RunResult(Path(cfg.out), it, run.iterations, status, last, run.best_error, wall)
+    return RunResult(Path(cfg.out), it, run.iterations, status, last, run.best_error, wall,
+                     stop["signal"])
 
 
 def evaluate_and_record(run: Run, it: int, lr: float) -> None:
