@@ -76,6 +76,7 @@ def measure_test_error(weights: str | os.PathLike, data: str, *, data_root: str 
     import torch
 
     from reslab.data import load_image_data
+    from reslab.data.image_root import imagenet_root
     from reslab.data.imagenet import ImageFolderDataset
     from reslab.engine import make_engine
     from reslab.inference import check_classes, cifar_scores, errors_of, imagenet_scores, load_model
@@ -83,7 +84,7 @@ def measure_test_error(weights: str | os.PathLike, data: str, *, data_root: str 
     loaded = load_model(weights)
     engine = make_engine(device, "fp32")
     if loaded.recipe == "imagenet":
-        split = ImageFolderDataset(os.path.join(data, "val"))
+        split = ImageFolderDataset(os.path.join(imagenet_root(data), "val"))
         if set(loaded.classes) < set(split.classes):
             split.restrict(loaded.classes)
         classes, labels = split.classes, torch.tensor(split.targets)
