@@ -108,3 +108,47 @@ def test_train_reads_real_photos_from_the_archive_end_to_end(subset, home, tmp_p
     assert records and all(math.isfinite(r["train_loss"]) for r in records)
     assert records[-1]["iteration"] == 2 and 0 <= records[-1]["test_error"] <= 1
 
+
+def test_reproduce_figure4_and_table2_as_a_labelled_miniature(subset, home, tmp_path):
+    """`reslab reproduce figure4` then `table2` on real photos: the sized flags, the run
+    length and the milestones reach the four runs, and the reports say the data is a
+    3-class 128-pixel miniature, not ImageNet (small crops keep the test short)."""
+    out = tmp_path / "fig4"
+    small = ["--scale", "56", "64", "--crop", "48", "--test-resize", "56"]
+    common = ["--data", str(subset), "--out", str(out), "--iterations", "2", "--milestones",
+              "1", "--batch-size", "4", "--eval-points", "1", "--device", "cpu",
+              "--precision", "fp32", "--workers", "0", "--no-progress", *small]
+    assert main(["reproduce", "figure4", *common]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["iterations"] == 2 and results["data"]["image_side"] == 128
+    what = "imagenette-subset, a 3-class 128-pixel miniature of ImageNet"
+    assert results["data"]["miniature"] == what
+    for label in ("plain18", "plain34", "resnet18", "resnet34"):
+        info = json.loads((out / "runs" / label / "run.json").read_text())
+        cfg = info["config"]
+        assert (cfg["iterations"], cfg["milestones"], cfg["lr_policy"]) == (2, [1], "step")
+        assert (cfg["scale"], cfg["crop"], cfg["test_resize"]) == ([56, 64], 48, 56)
+    report = (out / "report.md").read_text()
+    assert report.startswith(f"# Figure 4: plain vs residual nets on {what}")
+    assert "Not comparable with the paper's numbers" in report and "2 iterations per run" in report
+    assert "lr divided by 10 at iterations 1" in report and "[56, 64], 48x48 crops" in report
+    assert main(["reproduce", "table2", *common]) == 0  # the same runs, 10-crop tested
+    table = (out / "report-table2.md").read_text()
+    assert table.startswith(f"# Table 2: plain and residual nets on {what}")
+    assert "27.94" in table and "for orientation" in table
+    assert set(json.loads((out / "results.json").read_text())["table2"]) == {
+        "plain18", "plain34", "resnet18", "resnet34"}
+
+
+def test_reproduce_length_flags_are_checked(subset, home, tmp_path, capsys):
+    base = ["reproduce", "figure4", "--data", str(subset), "--out", str(tmp_path / "x")]
+    capsys.readouterr()
+    assert main([*base, "--iterations", "4", "--budget", "0.1"]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert main([*base, "--milestones", "2", "--lr-policy", "plateau"]) == 2
+    assert "step policy" in capsys.readouterr().err
+    assert main([*base, "--iterations", "4", "--milestones", "4"]) == 2
+    assert "inside the run" in capsys.readouterr().err
+    assert main(["reproduce", "figure1", "--out", str(tmp_path / "y"), "--iterations",
+                 "4"]) == 2
+    assert "ImageNet experiments" in capsys.readouterr().err

@@ -118,7 +118,7 @@ def imagenet_root(data: str | os.PathLike, *, progress: bool = False) -> str:
             raise _layout_error(str(path))
         return str(root)
     if not path.exists():
-        raise ReslabError(f"no such file or folder: {path}; --data of the ImageNet recipe is "
+        raise ReslabError(f"{path} does not exist; --data of the ImageNet recipe is "
                           "an image folder (ROOT/train/<class>/*, ROOT/val/<class>/*) or a "
                           ".tar/.tar.gz of one")
     try:
