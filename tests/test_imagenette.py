@@ -90,7 +90,7 @@ def test_the_paper_sizes_on_128px_photos_warn_with_the_flags_that_fit(subset, ho
         check_source_size(paths, (128, 160), "imagenette")  # sized: no warning
 
 
-def test_train_reads_real_photos_from_the_archive_end_to_end(subset, home, tmp_path):
+def test_train_reads_real_photos_from_the_archive_end_to_end(subset, home, tmp_path, capsys):
     """Acceptance (issue 23): 2 iterations of ResNet-18 at the sized recipe from the
     archive itself; run.json records the data as given and the losses are finite."""
     out = tmp_path / "run"
@@ -107,6 +107,10 @@ def test_train_reads_real_photos_from_the_archive_end_to_end(subset, home, tmp_p
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records and all(math.isfinite(r["train_loss"]) for r in records)
     assert records[-1]["iteration"] == 2 and 0 <= records[-1]["test_error"] <= 1
+    capsys.readouterr()  # `reslab eval` reads the archive too, 10-crop at the run's sizes
+    assert main(["eval", "--weights", str(out / "last.pt"), "--data", str(subset), "--crops",
+                 "10", "--json", "--device", "cpu", "--precision", "fp32"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == CLASSES * PER_SPLIT
 
 
 def test_reproduce_figure4_and_table2_as_a_labelled_miniature(subset, home, tmp_path):
