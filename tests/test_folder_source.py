@@ -143,3 +143,24 @@ def test_skip_corrupt_reaches_the_training_folder(tmp_path):
         batches = [src.batch(i) for i in range(4)]
     assert all(x.shape == (4, 3, 32, 32) for x, _ in batches)  # full batches
     assert src.evaluate(_net(2))[3] == 2
+
+
+def test_seeded_transform_draws_torch_manual_seeds_stream_and_restores_the_rng(root):
+    """The per-image seeding (the CPU generator only, ~100x cheaper than torch.manual_seed,
+    which seeds every backend) gives the crops torch.manual_seed gave, and leaves the
+    caller's RNG where it was."""
+    from reslab.data.imagenet import imagenet_train_transform
+    from reslab.train.folder_source import SeededTransform
+
+    tf = imagenet_train_transform(scale=(40, 56), crop=32, to_float=False)
+    seeded = SeededTransform(ImageFolderDataset(root / "train"), tf)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    for i, seed in ((0, 7), (5, 2**62 + 11), (23, 0)):
+        got, label = seeded[(i, seed)]
+        image, want_label = seeded.dataset[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            want = tf(image)
+        assert torch.equal(got, want) and label == want_label
+    assert torch.equal(torch.get_rng_state(), before)

@@ -192,7 +192,7 @@ def test_reslab_weights_lists_and_publishes(registry, published, tmp_path, capsy
     assert again[0].test_error == registry.test_error  # the same weights, the same figure
 
 
-def test_imagenet_weights_record_their_crop_protocol(tmp_path, capsys):
+def test_imagenet_weights_record_their_crop_protocol(tmp_path, capsys, monkeypatch, published):
     root = make_tiny_imagenet(tmp_path / "tiny")
     run = tmp_path / "run"
     assert main(["train", "--model", "resnet18", "--recipe", "imagenet", "--data", str(root),
@@ -206,6 +206,18 @@ def test_imagenet_weights_record_their_crop_protocol(tmp_path, capsys):
     got = json.loads(capsys.readouterr().out)
     assert got["images"] == entry.test_error["images"] == 9
     assert got["top1_error"] == entry.test_error["top1"]
+    # Table 2's protocol recorded (issue 23): `reslab eval --crops 10` by name gives it
+    ten = publish(run / "last.pt", "tiny", str(root), registry=tmp_path / "r10", crops=10)
+    assert ten.test_error["protocol"].startswith("10-crop 32 of shorter side 36")
+    assert "--crops 10" in ten.test_error["protocol"]
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "r10"))
+    capsys.readouterr()
+    assert main(["eval", "--weights", "tiny:resnet18", "--crops", "10", "--data", str(root),
+                 "--json", "--device", "cpu", "--precision", "fp32"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["top1_error"], got["images"]) == (ten.test_error["top1"], 9)
+    with pytest.raises(ReslabError, match="ImageNet protocol"):
+        publish(published[1], "c", SYNTH, registry=tmp_path / "c", crops=10)
 
 
 def _shipped():

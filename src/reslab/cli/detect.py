@@ -71,7 +71,9 @@ def _register_train(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--head", choices=["c4", "fpn"], default=None,
                    help="c4 (the paper's, default) or fpn")
     p.add_argument("--weights", default=None,
-                   help="the backbone's ImageNet classifier weights: a reslab checkpoint or a "
+                   help="the backbone's ImageNet classifier weights: a reslab checkpoint, a "
+                   "registry entry of reslab's ImageNet-recipe classifiers (NAME:MODEL, e.g. "
+                   "imagenette:resnet18; `reslab weights` lists them) or a "
                    "torchvision/timm/safetensors file (default: none, from scratch)")
     p.add_argument("--trainable-layers", type=int_in(0, 5), default=None,
                    help="stages trainable from the top, 0..5 (default 3 with --weights, 5 "

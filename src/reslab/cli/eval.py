@@ -13,6 +13,7 @@ import torch
 from reslab.cli.flag_types import image_side, int_in, worker_count
 from reslab.cli.image_limit import add_max_image_pixels
 from reslab.data import load_image_data
+from reslab.data.image_root import imagenet_root
 from reslab.data.imagenet import ImageFolderDataset
 from reslab.engine import PRECISIONS, make_engine
 from reslab.errors import ReslabError
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                           "weights are tested with the CIFAR one (the single original view, "
                           "Sec. 4.2; --recipe imagenet chooses the other)")
     if recipe == "imagenet":  # reads ROOT/val only
-        split = ImageFolderDataset(os.path.join(args.data, "val"))
+        split = ImageFolderDataset(os.path.join(imagenet_root(args.data), "val"))
         if members and set(members[0].classes) < set(split.classes):
             split.restrict(members[0].classes)  # trained with --classes K
         classes, labels, where = split.classes, torch.tensor(split.targets), f"{args.data}/val"

@@ -45,9 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="cifar10", help="as for `reslab train` (default cifar10)")
     p.add_argument("--data-root", default=None, help="where cifar10 lives")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--budget", type=float, default=1.0,
-                   help="fraction of the paper's 64k iterations per run, in (0, 10] "
-                   "(default 1.0)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="fraction of the paper's iterations per run (64k CIFAR, 60e4 "
+                   "ImageNet), in (0, 10] (default 1.0)")
     p.add_argument("--seeds", type=int, default=1,
                    help="table6: runs per net; reports best and mean +- std (default 1); "
                    "precision: runs per net and precision (>= 2; 3+ advised)")
@@ -86,6 +86,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--test-resize", type=int, default=None,
                    help="shorter side before the test crops (paper: 256)")
     g.add_argument("--workers", type=worker_count, default=None, help="DataLoader decoding workers")
+    g.add_argument("--iterations", type=int, default=None,
+                   help="iterations per run, instead of --budget (e.g. a number of epochs of "
+                   "a small folder)")
+    g.add_argument("--milestones", type=int, nargs="+", default=None,
+                   help="divide lr by 10 at these iterations (--lr-policy step) instead of on "
+                   "plateaus")
+    g.add_argument("--lr-policy", choices=["step", "plateau"], default=None,
+                   help="plateau (Sec. 3.4, the default): lr /10 when the validation error "
+                   "stops falling; step: at --milestones (default 50%% and 75%% of the run)")
     d = p.add_argument_group("detection experiments (table7, table8): Faster R-CNN, c4 design")
     d.add_argument("--weights", default=None, metavar="NET=FILE[,NET=FILE]",
                    help="ImageNet classifier weights of the backbones, e.g. "
@@ -133,13 +142,18 @@ def run(args: argparse.Namespace) -> int:
                               "the nets in its list instead")
     imagenet_flags = {"--classes": args.classes, "--images-per-class": args.images_per_class,
                       "--scale": args.scale, "--crop": args.crop,
-                      "--test-resize": args.test_resize, "--workers": args.workers}
+                      "--test-resize": args.test_resize, "--workers": args.workers,
+                      "--iterations": args.iterations, "--milestones": args.milestones,
+                      "--lr-policy": args.lr_policy}
     given = [k for k, v in imagenet_flags.items() if v is not None]
     if given and args.experiment not in IMAGENET_EXPERIMENTS:
         raise ReslabError(f"{', '.join(given)} apply to the ImageNet experiments "
                           f"({', '.join(IMAGENET_EXPERIMENTS)})")
+    if args.iterations is not None and args.budget is not None:
+        raise ReslabError("--iterations and --budget both set the runs' length: give one")
     detection = detection_options(args)
-    s = Settings(data=args.data, out=args.out, budget=args.budget, seeds=args.seeds,
+    s = Settings(data=args.data, out=args.out,
+                 budget=1.0 if args.budget is None else args.budget, seeds=args.seeds,
                  device=args.device, batch_size=args.batch_size, eval_points=args.eval_points,
                  models=models, with_1202=args.with_1202, with_plain110=args.with_plain110,
                  depth=20 if args.depth is None else args.depth, data_root=args.data_root,
@@ -148,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
                  images_per_class=args.images_per_class,
                  scale=tuple(args.scale) if args.scale else None, crop=args.crop,
                  test_resize=args.test_resize, workers=args.workers,
+                 run_iterations=args.iterations, lr_policy=args.lr_policy,
+                 milestones=tuple(args.milestones) if args.milestones else None,
                  skip_corrupt=args.skip_corrupt, detection=detection)
     outcome = reproduce(args.experiment, s)
     if outcome.status != "finished":

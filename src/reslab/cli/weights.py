@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pub.add_argument("--replace", action="store_true", help="publish over an entry of that name")
     pub.add_argument("--device", default="cpu", help="device of the test (fp32)")
     pub.add_argument("--batch-size", type=int, default=500)
+    pub.add_argument("--crops", type=int, choices=[1, 10], default=1,
+                     help="ImageNet-recipe weights: 1 (centre crop, default) or 10 (10-crop "
+                     "testing, Table 2's protocol) for the recorded error")
     pub.set_defaults(func=run_publish)
 
 
@@ -78,7 +81,8 @@ def run_publish(args: argparse.Namespace) -> int:
         raise ReslabError("--batch-size must be >= 1")
     entry = publish(args.checkpoint, args.name, args.data, command=args.train_command,
                     notes=args.notes, registry=args.registry, replace=args.replace,
-                    data_root=args.data_root, device=args.device, batch_size=args.batch_size)
+                    data_root=args.data_root, device=args.device, batch_size=args.batch_size,
+                    crops=args.crops)
     print(json.dumps(entry.to_dict(), indent=2))
     print(f"published {entry.key}: {entry.path} ({entry.bytes:,} bytes, sha256 "
           f"{entry.sha256[:16]}...), test error {_error(entry)} at iteration "

@@ -165,14 +165,17 @@ def tar_looks_like_folder(archive: Path, max_members: int = 2000) -> bool:
     return False
 
 
-def _source_key(path: Path) -> str:
-    h = hashlib.sha256(CACHE_FORMAT.encode())
+def source_key(path: Path, tag: str | None = None) -> str:
+    """A cache key of `path` as it is now (its absolute path and stat; every file's, for a
+    directory) and `tag` (default: this cache's format and the pixel limit)."""
+    h = hashlib.sha256((tag or CACHE_FORMAT).encode())
+    limit = "" if tag else f"|{max_image_pixels()}"
     path = path.resolve()
     st = path.stat()
     # Size and mtime alone miss a file rewritten with its mtime set back (`cp -p`,
     # `touch -r`): the change time and inode, which nothing sets back, are hashed too.
-    h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|"
-             f"{max_image_pixels()}".encode())
+    h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+             f"{limit}".encode())
     if path.is_dir():
         # A directory's own times miss edits deeper down: hash every file's stat (of
         # the link itself when its target is missing).
@@ -193,7 +196,7 @@ def _source_key(path: Path) -> str:
 
 
 def _cache_path(path: Path) -> Path:
-    return reslab_home() / "cache" / f"{_source_key(path)}.pt"
+    return reslab_home() / "cache" / f"{source_key(path)}.pt"
 
 
 def _decode_all(listing: _Listing, source: Path, skip_corrupt: bool, progress: bool,

@@ -48,6 +48,7 @@ from reslab.interop import CHECKPOINT_FORMAT, load_weights, read_file, read_stat
 from reslab.models.backbone import fpn_backbone, freeze_bn, freeze_layers
 from reslab.models.imagenet import IMAGENET_CONFIGS
 from reslab.models.registry import MAX_NUM_CLASSES, build, resolve
+from reslab.models.weights import get_weights, is_weights_name
 
 HEADS = ("c4", "fpn")
 VGG = "vgg16"
@@ -264,6 +265,10 @@ class _Pretrained:
 
 
 def _read_pretrained(weights: str | os.PathLike | Mapping[str, Any]) -> _Pretrained:
+    """The backbone's starting weights: a file `read_file` reads, a registry entry
+    `NAME:MODEL` of reslab's own ImageNet-recipe classifiers (e.g. imagenette:resnet18,
+    sha256-checked), or a state_dict / checkpoint dict. A detector's checkpoint and a
+    CIFAR-recipe classifier (32-pixel images, Sec. 4.2) are refused."""
     obj = read_file(weights) if isinstance(weights, str | os.PathLike) else dict(weights)
     spec = mean = std = None
     if obj.get("format") == CHECKPOINT_FORMAT:
@@ -272,12 +277,35 @@ def _read_pretrained(weights: str | os.PathLike | Mapping[str, Any]) -> _Pretrai
             raise ReslabError(f"{weights} is a detector checkpoint; --weights of `reslab "
                               "detect train` are an ImageNet classifier's (or resume the "
                               "detector's run with --resume)")
+        config = obj.get("config") if isinstance(obj.get("config"), Mapping) else {}
+        if (spec or {}).get("family") == "cifar" or config.get("recipe") == "cifar":
+            raise ReslabError(f"{weights} is a classifier trained with the CIFAR recipe "
+                              "(32-pixel images, Sec. 4.2); a detector's backbone starts "
+                              "from ImageNet-recipe weights (Appendix A): give an ImageNet "
+                              "classifier's checkpoint or registry entry (`reslab weights`)")
         pre = obj.get("preprocess") or {}
         if isinstance(pre.get("mean"), torch.Tensor):
             mean = tuple(pre["mean"].float().reshape(3, -1).mean(1).tolist())
             s = pre.get("std")
             std = (1.0, 1.0, 1.0) if s is None else tuple(s.float().reshape(3, -1).mean(1).tolist())
     return _Pretrained(read_state_dict(obj), dict(spec) if spec else None, mean, std)
+
+
+def weights_origin(weights: str | os.PathLike | None) -> dict[str, Any] | None:
+    """What a run.json records of the backbone's `--weights`: for a registry entry
+    (`NAME:MODEL` that names no file), its key, file sha256, data, recipe and recorded
+    test error; for a file, its path; None from scratch."""
+    if weights is None:
+        return None
+    if isinstance(weights, str) and is_weights_name(weights) and not os.path.exists(weights):
+        try:
+            e = get_weights(weights)
+        except ReslabError:  # gone from the registry since (a resumed run needs it not)
+            return {"entry": weights, "in_registry": False}
+        return {"entry": e.key, "sha256": e.sha256, "data": e.data.get("source"),
+                "recipe": e.recipe.get("recipe"), "iterations": e.iterations_done,
+                "test_error": e.test_error}
+    return {"file": os.path.abspath(os.fspath(weights))}
 
 
 def _resnet(spec: DetectorSpec, pretrained: _Pretrained | None) -> nn.Module:

@@ -37,7 +37,12 @@ from reslab.detection.config import DetectConfig, recorded_data_spelling
 from reslab.detection.data import hflip
 from reslab.detection.evaluate import evaluate_detections
 from reslab.detection.inference import as_model_input, detect_dataset
-from reslab.detection.models import create_detector, detector_from_spec, is_detector_spec
+from reslab.detection.models import (
+    create_detector,
+    detector_from_spec,
+    is_detector_spec,
+    weights_origin,
+)
 from reslab.detection.open_data import open_detection_data
 from reslab.engine import Engine, machine_info, make_engine, precision_reason, versions
 from reslab.errors import ReslabError
@@ -451,7 +456,10 @@ def _init_note(cfg: DetectConfig, model: nn.Module) -> str:
           "BN frozen (FrozenBatchNorm2d, Appendix A)" if spec.frozen_bn else "BN trainable")
     if cfg.weights is None:
         return f"from scratch: no pre-trained backbone weights; {bn}"
-    return (f"backbone weights {cfg.weights}; {bn}; top {spec.trainable_layers} stages "
+    origin = weights_origin(cfg.weights) or {}
+    what = (f"the registry entry {origin['entry']} ({origin['recipe']} recipe, sha256 "
+            f"{origin['sha256'][:12]})" if "sha256" in origin else cfg.weights)
+    return (f"backbone weights {what}; {bn}; top {spec.trainable_layers} stages "
             "trainable")
 
 
@@ -493,6 +501,7 @@ def build_detection_run(cfg: DetectConfig, engine: Engine, world: World, folder:
         "task": "detection", "config": cfg.to_dict(), "model_spec": spec,
         "iterations": iterations, "milestones": list(schedule.milestones),
         "eval_every": eval_every, "init": _init_note(cfg, model),
+        "backbone_weights": weights_origin(cfg.weights),
         "precision": engine.precision,
         "precision_choice": precision_reason(cfg.precision, engine.device),
         "world_size": world.size, "eval_split": source.eval_name, "data": source.identity(),

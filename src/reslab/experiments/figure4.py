@@ -6,7 +6,14 @@ below the 18-layer one."""
 from __future__ import annotations
 
 from reslab.experiments.imagenet import TABLE2_RUNS, epochs_of, plan_runs
-from reslab.experiments.report import Report, degradation, md_table, pct, save_figure
+from reslab.experiments.report import (
+    Report,
+    degradation,
+    imagenet_where,
+    md_table,
+    pct,
+    save_figure,
+)
 from reslab.experiments.sweep import RunOutcome, RunSpec, Settings
 
 RECIPE = "imagenet"
@@ -18,7 +25,7 @@ def plan(s: Settings) -> list[RunSpec]:
     return plan_runs(s, TABLE2_RUNS)
 
 
-def plot(outcomes: list[RunOutcome], path) -> None:
+def plot(outcomes: list[RunOutcome], path, where: str = "ImageNet") -> None:
     import matplotlib  # late: a heavy optional import, only for the figure
 
     matplotlib.use("Agg")
@@ -39,12 +46,15 @@ def plot(outcomes: list[RunOutcome], path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
+    fig.suptitle(f"Figure 4 on {where}: thin training, bold centre-crop validation error",
+                 fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
-    plot(outcomes, s.out / "figure4.png")
+    where = imagenet_where(s, data)
+    plot(outcomes, s.out / "figure4.png", where)
     by = {o.label: o for o in outcomes}
     findings = []
     for shallow, deep in (("plain18", "plain34"), ("resnet18", "resnet34")):
@@ -58,5 +68,5 @@ def report(s: Settings, outcomes: list[RunOutcome], data) -> Report:
             "34-layer net is better than the 18-layer one.\n\nMeasured at the end of the "
             "runs (centre-crop validation error):\n\n"
             + md_table(["net", "epochs", "train error %", "val error %"], rows))
-    return Report("Figure 4: plain vs residual nets on ImageNet", body, findings,
+    return Report(f"Figure 4: plain vs residual nets on {where}", body, findings,
                   figures=["figure4.png"])

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from reslab.atomic_write import atomic_write_json
+from reslab.data.image_root import imagenet_root, source_side
 from reslab.data.imagenet import ImageFolderDataset
 from reslab.data.scan import vanished_error
 from reslab.engine import Engine, make_engine
@@ -66,11 +67,13 @@ def plan_runs(s: Settings, runs: tuple[tuple[str, str, str | None], ...]) -> lis
 
 def folder_info(s: Settings) -> DataInfo:
     """Counts of the image folder as the runs see it (with --classes/--images-per-class)."""
-    train = ImageFolderDataset(os.path.join(s.data, "train"),
+    root = imagenet_root(s.data, progress=s.progress)
+    train = ImageFolderDataset(os.path.join(root, "train"),
                                skip_corrupt=s.skip_corrupt).restrict(s.classes,
                                                                      s.images_per_class)
-    val = ImageFolderDataset(os.path.join(s.data, "val")).restrict(s.classes)
-    return DataInfo(s.data, list(train.classes), len(train), len(val))
+    val = ImageFolderDataset(os.path.join(root, "val")).restrict(s.classes)
+    return DataInfo(s.data, list(train.classes), len(train), len(val),
+                    image_side=source_side([p for p, _ in train.samples]))
 
 
 def scales_for(crop: int) -> tuple[int, ...]:
@@ -79,7 +82,8 @@ def scales_for(crop: int) -> tuple[int, ...]:
 
 
 def _val(s: Settings, loaded: LoadedModel) -> ImageFolderDataset:
-    return ImageFolderDataset(os.path.join(s.data, "val")).restrict(loaded.classes)
+    return ImageFolderDataset(os.path.join(imagenet_root(s.data), "val")).restrict(
+        loaded.classes)
 
 
 def protocol_scores(s: Settings, loaded: LoadedModel, protocol: str,
@@ -117,8 +121,8 @@ def val_fingerprint(s: Settings) -> dict:
     """The validation images' identity: their number and a SHA-256 of each one's path
     (under val/), label, size, modification and change times and inode. ReslabError naming
     an image that vanished after the scan."""
-    val = ImageFolderDataset(os.path.join(s.data, "val"))
-    root, digest = os.path.join(s.data, "val"), hashlib.sha256()
+    root, digest = os.path.join(imagenet_root(s.data), "val"), hashlib.sha256()
+    val = ImageFolderDataset(root)
     for path, label in val.samples:
         try:
             st = os.stat(path)

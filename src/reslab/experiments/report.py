@@ -4,6 +4,7 @@ by relative path, the setup stated, the measured numbers next to the paper's).""
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -105,6 +106,7 @@ class DataInfo:
     classes: list[str]
     train: int
     test: int
+    image_side: int | None = None  # an image folder's median shorter side (pixels)
 
     @classmethod
     def of(cls, data) -> DataInfo:
@@ -112,6 +114,28 @@ class DataInfo:
         if isinstance(data, DataInfo):
             return data
         return cls(data.name, list(data.classes), len(data.train), len(data.test))
+
+
+#: ImageNet-1k's class count: a folder with another is a miniature (e.g. Imagenette).
+IMAGENET_CLASSES = 1000
+
+
+def miniature(data: DataInfo, spec: str) -> str | None:
+    """What an ImageNet-recipe folder is when it is not ImageNet-1k (another class count),
+    e.g. "imagenette-128, a 10-class 128-pixel miniature of ImageNet"; None for ImageNet."""
+    k = len(data.classes)
+    if k == IMAGENET_CLASSES:
+        return None
+    name = os.path.basename(os.path.normpath(spec))
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        name = name[: -len(ext)] if name.endswith(ext) else name
+    side = f" {data.image_side}-pixel" if data.image_side else ""
+    return f"{name}, a {k}-class{side} miniature of ImageNet"
+
+
+def imagenet_where(s: Settings, data) -> str:
+    """"ImageNet", or the miniature it is (`miniature`): the reports' titles say it."""
+    return miniature(DataInfo.of(data), s.data) or "ImageNet"
 
 
 def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], data,
@@ -127,11 +151,13 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
         runs.append(row)
     train_wall = sum(r["wall_seconds"] or 0 for r in runs)
     results = {
-        "experiment": experiment, "budget": s.budget, "iterations": s.iterations,
+        "experiment": experiment, "budget": s.fraction, "iterations": s.iterations,
         "seeds": s.seeds, "batch_size": s.batch, "recipe": s.recipe,
         "data": {"spec": s.data, "name": data.name, "train": data.train,
                  "test": data.test, "classes": len(data.classes),
-                 "classes_limit": s.classes, "images_per_class": s.images_per_class},
+                 "classes_limit": s.classes, "images_per_class": s.images_per_class,
+                 "image_side": data.image_side,
+                 "miniature": miniature(data, s.data) if s.recipe == "imagenet" else None},
         "machine": env["machine"], "versions": env["versions"],
         "wall_seconds": wall, "train_wall_seconds": train_wall, "errors_in": "percent",
         "runs": runs, **report.results,
@@ -146,6 +172,7 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
         "## Setup", "",
         f"- data: `{s.data}` ({data.name}: {data.train} training, {data.test} "
         f"test images, {len(data.classes)} classes)",
+        *([_input_line(outcomes)] if s.recipe == "imagenet" and outcomes else []),
         _budget_line(s),
         f"- seeds: {s.seeds}",
         f"- precision: {', '.join(sorted({o.info.get('precision', '?') for o in outcomes}))}"
@@ -162,10 +189,18 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
         lines += [f"![{fig}]({fig})", ""]
     lines += [report.body.rstrip(), "", "## What this run shows", ""]
     lines += [f"- {f}" for f in report.findings] or ["- (no comparison possible)"]
-    if s.budget < 1:
-        lines += ["", f"The runs are {s.budget:g} of the paper's length, so absolute errors "
+    fraction = s.fraction
+    if fraction < 1:
+        lines += ["", f"The runs are {fraction:.3g} of the paper's length, so absolute errors "
                   "are not comparable with the paper's; the comparisons above are between "
                   "nets trained the same way."]
+    small = miniature(data, s.data) if s.recipe == "imagenet" else None
+    if small and not (s.classes or s.images_per_class):
+        lines += ["", f"**Not comparable with the paper's numbers:** trained and tested on "
+                  f"{small} ({data.train} training, {data.test} validation images; the "
+                  "paper: 1000 classes, 1.28M training images of ImageNet at full size, 224 "
+                  "crops); the paper's numbers are shown for orientation only, the "
+                  "comparisons are between nets trained the same way on the same photos."]
     if s.classes or s.images_per_class:
         lines += ["", "**Not comparable with the paper's numbers:** trained on "
                   + (f"the first {s.classes} classes" if s.classes else "all classes")
@@ -189,11 +224,25 @@ def write_outputs(experiment: str, s: Settings, outcomes: Sequence[RunOutcome], 
     return path
 
 
+def _input_line(outcomes: Sequence[RunOutcome]) -> str:
+    """The ImageNet runs' input sizes beside the paper's (Sec. 3.4)."""
+    c = outcomes[0].cfg
+    return (f"- input: shorter side in [{c.scale[0]}, {c.scale[1]}], {c.crop}x{c.crop} crops "
+            f"+ flips, PCA lighting {c.lighting:g}, per-pixel mean; tested at shorter side "
+            f"{c.test_resize} (paper: [256, 480], 224, 256)")
+
+
 def _budget_line(s: Settings) -> str:
     if s.recipe == "imagenet":
-        return (f"- budget: {s.budget:g} x the paper's 60e4 iterations = {s.iterations} "
-                f"iterations per run, batch {s.batch}; lr divided by 10 when the validation "
-                "error plateaus (Sec. 3.4; paper: up to 60e4 iterations, batch 256)")
+        length = (f"{s.iterations} iterations per run (--iterations)" if s.run_iterations
+                  else f"{s.budget:g} x the paper's 60e4 iterations = {s.iterations} "
+                  "iterations per run")
+        policy = (f"lr divided by 10 at iterations {', '.join(map(str, s.milestones))}"
+                  if s.milestones else "lr divided by 10 at 50% and 75% of the run"
+                  if s.policy == "step" else "lr divided by 10 when the validation error "
+                  "plateaus")
+        return (f"- length: {length}, batch {s.batch}; {policy} (Sec. 3.4; paper: up to "
+                "60e4 iterations, batch 256, lr /10 on plateaus)")
     return (f"- budget: {s.budget:g} x the paper's 64k iterations = {s.iterations} iterations "
             f"per run, batch {s.batch}; learning-rate milestones scaled in proportion "
             "(paper: 64000 iterations, batch 128)")

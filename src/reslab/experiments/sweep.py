@@ -71,6 +71,9 @@ class Settings:
     crop: int | None = None
     test_resize: int | None = None
     workers: int | None = None
+    run_iterations: int | None = None  # --iterations: each run's length instead of --budget's
+    milestones: tuple[int, ...] | None = None  # lr /10 at these (step policy) instead of plateau
+    lr_policy: str | None = None  # None: the recipe's (plateau), step with --milestones
     skip_corrupt: bool = False  # skip unreadable training images (TrainConfig.skip_corrupt)
     # detection experiments (table7, table8): DetectConfig options given by the flags
     # (min_size, max_size, train_split, val_split, ...) and `weights`: {net: file}
@@ -83,8 +86,27 @@ class Settings:
     def iterations(self) -> int:
         """The paper's schedule scaled by the budget: 64k iterations (CIFAR, Sec. 4.2) or
         60e4 (ImageNet, Sec. 3.4)."""
-        full = IMAGENET_RECIPE["iterations"] if self.recipe == "imagenet" else PAPER_ITERATIONS
-        return max(1, round(full * self.budget))
+        if self.run_iterations is not None:
+            return self.run_iterations
+        return max(1, round(self.paper_iterations * self.budget))
+
+    @property
+    def paper_iterations(self) -> int:
+        """The paper's run length: 64k (CIFAR, Sec. 4.2) or 60e4 (ImageNet, Sec. 3.4)."""
+        return IMAGENET_RECIPE["iterations"] if self.recipe == "imagenet" else PAPER_ITERATIONS
+
+    @property
+    def fraction(self) -> float:
+        """The runs' length as a fraction of the paper's: --budget, or --iterations'."""
+        if self.run_iterations is None:
+            return self.budget
+        return self.run_iterations / self.paper_iterations
+
+    @property
+    def policy(self) -> str | None:
+        """The ImageNet runs' lr policy: --lr-policy, else step when --milestones are given,
+        else None (the recipe's plateau, Sec. 3.4)."""
+        return self.lr_policy or ("step" if self.milestones else None)
 
     @property
     def batch(self) -> int:
@@ -104,6 +126,14 @@ class Settings:
             (self.batch_size is None or self.batch_size >= 1,
              f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.jobs >= 1, f"--jobs must be >= 1, got {self.jobs}"),
+            (self.run_iterations is None or self.run_iterations >= 1,
+             f"--iterations must be >= 1, got {self.run_iterations}"),
+            (not (self.milestones and self.lr_policy == "plateau"),
+             "--milestones are the step policy's: drop --lr-policy plateau, or the milestones"),
+            (not self.milestones or self.run_iterations is None
+             or max(self.milestones) < self.run_iterations,
+             f"--milestones {list(self.milestones or ())} must lie inside the run's "
+             f"--iterations {self.run_iterations}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -232,7 +262,8 @@ def make_config(s: Settings, label: str, model: str, seed: int = 0,
     if s.recipe == "imagenet":  # Sec. 3.4, at the sizes and subset asked for
         cfg = TrainConfig.imagenet(scale=s.scale, crop=s.crop, test_resize=s.test_resize,
                                    workers=s.workers, classes=s.classes,
-                                   images_per_class=s.images_per_class, **common)
+                                   images_per_class=s.images_per_class, lr_policy=s.policy,
+                                   milestones=s.milestones, **common)
     else:
         cfg = TrainConfig.cifar(data_root=s.data_root, **common)
     return RunSpec(label, cfg)

@@ -70,26 +70,37 @@ def _source(spec: str) -> dict[str, Any]:
 
 
 def measure_test_error(weights: str | os.PathLike, data: str, *, data_root: str | None = None,
-                       device: str = "cpu", batch_size: int = 500) -> dict[str, Any]:
+                       device: str = "cpu", batch_size: int = 500, crops: int = 1
+                       ) -> dict[str, Any]:
     """The test error of `weights` on `data`'s test split under their recipe's protocol, in
-    fp32 (free of bf16 rounding), as `reslab eval` computes it."""
+    fp32 (free of bf16 rounding), as `reslab eval` computes it; ImageNet-recipe weights
+    with `crops` 1 (centre crop) or 10 (Table 2's 10-crop testing, Sec. 3.4)."""
     import torch
 
     from reslab.data import load_image_data
+    from reslab.data.image_root import imagenet_root
     from reslab.data.imagenet import ImageFolderDataset
     from reslab.engine import make_engine
     from reslab.inference import check_classes, cifar_scores, errors_of, imagenet_scores, load_model
 
     loaded = load_model(weights)
     engine = make_engine(device, "fp32")
+    if crops not in (1, 10):
+        raise ReslabError(f"--crops must be 1 or 10, got {crops}")
+    if crops != 1 and loaded.recipe != "imagenet":
+        raise ReslabError("--crops 10 is the ImageNet protocol (Sec. 3.4); CIFAR-recipe "
+                          "weights are tested on the single original view (Sec. 4.2)")
     if loaded.recipe == "imagenet":
-        split = ImageFolderDataset(os.path.join(data, "val"))
+        split = ImageFolderDataset(os.path.join(imagenet_root(data), "val"))
         if set(loaded.classes) < set(split.classes):
             split.restrict(loaded.classes)
         classes, labels = split.classes, torch.tensor(split.targets)
         where = f"the val split of {os.path.basename(data.rstrip('/'))}"
-        protocol = f"1-crop {loaded.crop} of shorter side {loaded.test_resize} (Sec. 3.4)"
-        scores = imagenet_scores(loaded, split, engine, images_per_batch=max(1, batch_size // 20))
+        protocol = (f"{crops}-crop {loaded.crop} of shorter side {loaded.test_resize} "
+                    f"(Sec. 3.4{', Table 2' if crops == 10 else ''}; reslab eval --crops "
+                    f"{crops})")
+        scores = imagenet_scores(loaded, split, engine, crops=crops,
+                                 images_per_batch=max(1, batch_size // (20 * crops)))
     else:
         test = load_image_data(data, root=data_root, splits=("test",), progress=False)
         classes, labels, where = test.classes, test.test.labels, f"the test split of {test.name}"
@@ -109,11 +120,12 @@ def measure_test_error(weights: str | os.PathLike, data: str, *, data_root: str 
 def publish(checkpoint: str | os.PathLike, name: str, data: str | None = None, *,
             command: str | None = None, notes: str = "", registry: str | os.PathLike | None = None,
             replace: bool = False, data_root: str | None = None, device: str = "cpu",
-            batch_size: int = 500) -> WeightsEntry:
+            batch_size: int = 500, crops: int = 1) -> WeightsEntry:
     """Publish `checkpoint` as the entry `name:MODEL` of the registry in `registry`
     (default: the package's, or $RESLAB_WEIGHTS_DIR). `data` defaults to the run's own;
     `command` to the one its run.json records. An entry of that name is replaced only with
-    `replace`. Returns the entry written."""
+    `replace`. `crops`: 10 records ImageNet-recipe weights' 10-crop error (Table 2's
+    protocol) instead of the centre crop's. Returns the entry written."""
     from reslab.engine import machine_info, versions
     from reslab.interop import model_from_checkpoint
     from reslab.train.checkpoint import Checkpoint
@@ -145,7 +157,7 @@ def publish(checkpoint: str | os.PathLike, name: str, data: str | None = None, *
     with tempfile.TemporaryDirectory() as tmp:  # measure the very bytes that ship
         atomic_write_bytes(Path(tmp) / file, blob)
         test_error = measure_test_error(Path(tmp) / file, data, data_root=data_root,
-                                        device=device, batch_size=batch_size)
+                                        device=device, batch_size=batch_size, crops=crops)
     trained = {k: v for k, v in (ckpt.data or {}).items() if k != "classes"}
     recipe_d = {k: config[k] for k in RECIPE_KEYS if config.get(k) is not None}
     for k in ("milestones", "precision", "world_size", "eval_split"):  # as the run resolved them
