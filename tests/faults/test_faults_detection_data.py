@@ -409,9 +409,9 @@ def test_a_cifar_checkpoint_as_backbone_weights_suggests_no_cifar_backbone(tmp_p
     Checkpoint(model_spec=net.reslab_spec.to_dict(), model=net.state_dict(),
                preprocess={"mean": torch.zeros(3, 32, 32)}, classes=list("abcdefghij")).save(
         tmp_path / "cifar.pt")
-    with pytest.raises(ReslabError, match="resnet8, which is no detection backbone") as e:
+    with pytest.raises(ReslabError, match="classifier trained with the CIFAR recipe") as e:
         create_detector("resnet18", "c4", num_classes=3, weights=tmp_path / "cifar.pt")
-    assert "--backbone resnet8" not in str(e.value)
+    assert "--backbone resnet8" not in str(e.value) and "ImageNet" in str(e.value)
 
 
 def test_a_fifo_annotation_is_named_as_such(voc):
