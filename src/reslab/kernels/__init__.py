@@ -35,12 +35,12 @@ from reslab.errors import ReslabError
 
 KERNELS = ("auto", "fused", "eager")
 
-#: Where `--kernels auto` picks the fused kernels. Measured (docs/cpu-profile.md, "Fused
-#: batch norm"): on a Zen 4 EPYC with native bf16 the kernels as they stand make the
-#: ResNet-20 step slower than the eager ops (0.74x), so auto keeps the eager ops on every
-#: CPU until a measurement says otherwise; `--kernels fused` runs them anywhere the
-#: extension builds.
-FUSED_AUTO_ON_NATIVE_BF16 = False
+#: Where `--kernels auto` picks the fused kernels: CPUs with native bf16 (AVX-512 BF16 or
+#: AMX). Measured on a Zen 4 EPYC (avx512_bf16): the ResNet-20 bf16 step 1.23x the eager
+#: one, 0.70 of the convolution-only bound (docs/cpu-profile.md, "Fused batch norm").
+#: CPUs without it (AVX2 only) keep the eager ops until a measurement there says
+#: otherwise; `--kernels fused` runs them anywhere the extension builds.
+FUSED_AUTO_ON_NATIVE_BF16 = True
 FUSED_AUTO_ON_OTHER_CPUS = False
 
 SOURCE = Path(__file__).with_name("fused_bn.cpp")
