@@ -1,6 +1,6 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, rename.
 
-A crash mid-write leaves the previous file intact, never a truncated one (DESIGN.md).
+A crash mid-write leaves the previous file intact, never a truncated one (docs/architecture.md).
 
 - The temporary file is `.NAME.HOST.PID.XXXXXXXX.tmp`: a writer killed mid-way (kill -9,
   power loss) leaves it behind, and `clean_stale_temps` removes it once that process is

@@ -1,4 +1,4 @@
-"""The engine: what runs the model, apart from the loop (DESIGN.md).
+"""The engine: what runs the model, apart from the loop (docs/architecture.md).
 
 The device, the precision (bf16 autocast or fp32), the memory format, and the machine and
 version facts that every result records. The trainer, the CLI, evaluation and the

@@ -1,4 +1,4 @@
-"""The one exception type for errors a user can cause (DESIGN.md, Conventions)."""
+"""The one exception type for errors a user can cause (docs/architecture.md)."""
 
 
 class ReslabError(Exception):

@@ -1,7 +1,7 @@
 """The `reslab` command: one subcommand module per verb, each with `register(subparsers)`.
 
 The CLI only parses flags, builds the library's config objects and calls the library
-(DESIGN.md); a ReslabError is printed on one line and exits with status 2.
+(docs/architecture.md); a ReslabError is printed on one line and exits with status 2.
 """
 
 from __future__ import annotations

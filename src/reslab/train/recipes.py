@@ -1,4 +1,4 @@
-"""One typed, frozen config describes a training run (DESIGN.md); the paper's recipes are
+"""One typed, frozen config describes a training run (docs/architecture.md); the paper's recipes are
 its constructors.
 
 `TrainConfig.cifar(...)` is Sec. 4.2's CIFAR-10 recipe, `TrainConfig.imagenet(...)` Sec.

@@ -1,5 +1,5 @@
 """A run's record: run.json, metrics.jsonl, checkpoints, TensorBoard, curves.png and the
-progress bar, behind one object the loop calls (DESIGN.md "runlog").
+progress bar, behind one object the loop calls (docs/architecture.md).
 
 Only rank 0 writes (`RunLog(..., main=False)` keeps every method a no-op but the
 checkpoint's in-memory bookkeeping). Every file is written atomically; metrics.jsonl holds
