@@ -32,7 +32,6 @@ from reslab.detection.models import (
 )
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
-from reslab.train.checkpoint import Checkpoint
 from reslab.train.recipes import (
     MAX_SEED,
     MAX_WORKERS,
@@ -41,7 +40,7 @@ from reslab.train.recipes import (
     same_data,
     valid_seed,
 )
-from reslab.train.run_folder import recorded_run
+from reslab.train.run_folder import recorded_config
 from reslab.train.schedule import scale_milestones
 
 RECIPES = ("voc", "coco")
@@ -195,14 +194,10 @@ class DetectConfig:
         stopped before its first checkpoint: it restarts at iteration 0) with `changes` and
         `resume=True`: `reslab detect train --resume --out DIR` needs no other flag. A
         folder that records no run starts one with `changes`."""
-        path = Path(out) / "last.pt"
-        recorded = recorded_run(out)
-        if recorded is not None:
-            saved, path = recorded["config"], Path(out) / "run.json"
-        elif path.exists():
-            saved = Checkpoint.load(path).config
-        else:
+        found = recorded_config(out)
+        if found is None:
             return cls(out=str(out), resume=True, **changes)
+        saved, path = found
         if saved is None or "head" not in saved:
             raise ReslabError(f"{path} records no detection config (is it a classifier's "
                               "run? use `reslab train --resume`)")

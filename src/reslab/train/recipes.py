@@ -21,8 +21,7 @@ from typing import Any, ClassVar
 from reslab.engine import PRECISIONS
 from reslab.errors import ReslabError
 from reslab.kernels import KERNELS
-from reslab.train.checkpoint import Checkpoint
-from reslab.train.run_folder import recorded_run
+from reslab.train.run_folder import recorded_config
 from reslab.train.schedule import PAPER_ITERATIONS, PAPER_MILESTONES, scale_milestones
 
 RECIPES = ("cifar", "imagenet")
@@ -184,14 +183,10 @@ class TrainConfig:
         stopped before its first checkpoint: it restarts at iteration 0), with `changes`
         applied and `resume=True`: `reslab train --resume --out DIR` needs no other flag.
         A folder that records no run starts one with `changes`."""
-        path = Path(out) / "last.pt"
-        recorded = recorded_run(out)
-        if recorded is not None:
-            saved, path = recorded["config"], Path(out) / "run.json"
-        elif path.exists():
-            saved = Checkpoint.load(path).config
-        else:
+        found = recorded_config(out)
+        if found is None:
             return cls(out=str(out), resume=True, **changes)
+        saved, path = found
         if saved is None:
             raise ReslabError(f"{path} records no training config; resume with the full "
                               "command that started the run")

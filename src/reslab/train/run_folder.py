@@ -16,6 +16,7 @@ from pathlib import Path
 
 from reslab.atomic_write import clean_stale_temps
 from reslab.errors import ReslabError
+from reslab.train.checkpoint import Checkpoint
 
 try:
     import fcntl
@@ -107,3 +108,16 @@ def recorded_run(out: str | os.PathLike) -> dict | None:
         return info
     raise ReslabError(f"cannot resume {out}: it has no last.pt and {path} is not a run's "
                       f"record ({why}); start the run again without --resume")
+
+
+def recorded_config(out: str | os.PathLike) -> tuple[dict | None, Path] | None:
+    """The config a resume of `out` continues and the file it comes from: last.pt's, or
+    run.json's when the run stopped before its first checkpoint (`recorded_run`); None
+    when `out` records no run."""
+    recorded = recorded_run(out)
+    if recorded is not None:
+        return recorded["config"], Path(out) / "run.json"
+    path = Path(out) / "last.pt"
+    if path.exists():
+        return Checkpoint.load(path).config, path
+    return None
