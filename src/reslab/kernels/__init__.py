@@ -21,6 +21,7 @@ it per run, as `engine.pick_precision` resolves the precision.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import warnings
@@ -69,6 +70,9 @@ def extension_name() -> str:
 
 
 def _build() -> ModuleType:
+    # torch.utils.cpp_extension logs "No CUDA runtime is found" at import on a CPU-only
+    # machine: noise for a CPU build, and a second stderr line before a CLI's one-line error.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.cpp_extension import load
 
     # Built in torch's extensions folder (TORCH_EXTENSIONS_DIR, default
